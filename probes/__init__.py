@@ -1,0 +1,10 @@
+"""Built-in probes of genai-audit, grouped by what they audit.
+
+``BUILTIN_PROBES`` maps probe ids to lazy ``"module:attr"`` entries, so that listing the
+probes does not import torch-heavy modules. Third-party packages add probes through the
+``genai_audit.probes`` entry-point group instead.
+"""
+
+BUILTIN_PROBES: dict[str, str] = {
+    "quality.perplexity": "probes.quality.perplexity:Perplexity",
+}
