@@ -1,0 +1,329 @@
+"""The probe protocol, the context probes run in, and the registry of probes.
+
+A probe is a small frozen dataclass of parameters with ``run(subject, ctx) -> list[Finding]``.
+The first line of its docstring is its summary in ``genai-audit probes``; ``applies_to``
+names the subject kinds it audits and ``requires`` the capabilities it calls, so a probe
+that does not fit a subject is skipped with a reason instead of crashing.
+
+Probes are found in three places: the built-in table ``probes.BUILTIN_PROBES`` (lazy
+``"module:attr"`` entries, imported on first use), the ``genai_audit.probes`` entry-point
+group of installed packages, and :func:`register` calls.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @register("example.constant", replace=True)
+    ... @dataclass(frozen=True)
+    ... class Constant:
+    ...     '''Reports one constant (an example).'''
+    ...     applies_to = ("text-generator",)
+    ...     value: float = 1.0
+    ...     def run(self, subject, ctx):
+    ...         return [Finding(probe=self.id, metric="value", value=self.value, higher_is_better=True)]
+    >>> build_probe("example.constant", {"value": 2.0}).value
+    2.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import logging
+import random
+import sys
+import typing
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import TypeAdapter, ValidationError
+
+from audit.errors import InputError, SpecError
+from audit.findings import Finding
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Probe",
+    "ProbeContext",
+    "ProbeInfo",
+    "Registry",
+    "build_probe",
+    "did_you_mean",
+    "probe_info",
+    "register",
+    "registry",
+]
+
+ENTRY_POINT_GROUP = "genai_audit.probes"
+log = logging.getLogger("genai_audit")
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """What the runner needs of a probe (a frozen dataclass of its parameters)."""
+
+    id: ClassVar[str]
+    applies_to: ClassVar[tuple[str, ...]]
+
+    def run(self, subject: Any, ctx: ProbeContext) -> list[Finding]: ...
+
+
+@dataclass
+class ProbeContext:
+    """What a probe gets from the runner besides the subject.
+
+    Attributes:
+        device: the torch device to compute on ("cuda" when there is one, unless the spec says).
+        seed: the audit's seed; :meth:`rng` derives a generator per probe and purpose from it.
+        data: the spec's named inputs, as paths resolved against the spec's folder.
+        cache_dir: a folder for work that later runs can reuse.
+        artefact_dir: a folder for this probe's files (plots, samples) referenced by evidence.
+        batch_size: the spec's batch size, or None to let the probe choose.
+        show_progress: whether to draw progress bars.
+        rank / world_size: this process's place in a distributed run (1 process by default).
+    """
+
+    device: Any = "cpu"
+    seed: int = 0
+    data: Mapping[str, Path] = field(default_factory=dict)
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "genai-audit")
+    artefact_dir: Path | None = None
+    batch_size: int | None = None
+    show_progress: bool = False
+    logger: logging.Logger = field(default_factory=lambda: log)
+    meter: Any = None
+    rank: int = 0
+    world_size: int = 1
+    probe_id: str = ""
+
+    def rng(self, purpose: str = "") -> Any:
+        """A ``torch.Generator`` seeded from the audit seed, the probe id and ``purpose``,
+        so that adding a probe does not change the random draws of another."""
+        import torch
+
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.child_seed(purpose))
+        return g
+
+    def child_seed(self, purpose: str = "") -> int:
+        return (self.seed * 1_000_003 + zlib.crc32(f"{self.probe_id}:{purpose}".encode())) % (2**63)
+
+    def input_path(self, name: str) -> Path:
+        """The path of the named data input, or an :class:`InputError` saying how to give it."""
+        if name not in self.data:
+            have = ", ".join(sorted(self.data)) or "none"
+            raise InputError(
+                f"{self.probe_id or 'probe'}: needs the data input '{name}'; add it to the spec "
+                f"as `data: {{{name}: PATH}}` (inputs given: {have})"
+            )
+        path = Path(self.data[name])
+        if not path.exists():
+            raise InputError(f"{self.probe_id or 'probe'}: data input '{name}' not found: {path}")
+        return path
+
+    def progress(self, iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = ""):
+        """A tqdm progress bar (drawn only when ``show_progress`` and on rank 0)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc or self.probe_id,
+            disable=not self.show_progress or self.rank != 0,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+
+    def seed_everything(self) -> None:
+        """Seed Python's, NumPy's and torch's global generators from the audit seed."""
+        import numpy as np
+        import torch
+
+        s = self.child_seed("global")
+        random.seed(s)
+        np.random.seed(s % (2**32))
+        torch.manual_seed(s)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class Registry:
+    """Probe ids to probe classes, with lazy ``"module:attr"`` entries."""
+
+    def __init__(self, group: str = ENTRY_POINT_GROUP):
+        self._group = group
+        self._entries: dict[str, type | str] = {}
+        self._discovered = False
+
+    def register(self, probe_id: str, obj: type | str | None = None, *, replace: bool = False):
+        """Register a class (or a lazy ``"module:attr"``) under ``probe_id``; usable as decorator."""
+        if not isinstance(probe_id, str) or not probe_id or " " in probe_id:
+            raise ValueError(f"probe id must be a non-empty string without spaces, got {probe_id!r}")
+
+        def add(target: type | str) -> type | str:
+            if not replace and probe_id in self._entries and self._entries[probe_id] is not target:
+                existing = self._entries[probe_id]
+                # A lazy entry being resolved to the class it names is not a clash.
+                if not (isinstance(existing, str) and isinstance(target, type)
+                        and existing == f"{target.__module__}:{target.__qualname__}"):
+                    raise ValueError(f"probe id {probe_id!r} is already registered ({existing!r})")
+            if isinstance(target, type):
+                target.id = probe_id  # type: ignore[attr-defined]
+            self._entries[probe_id] = target
+            return target
+
+        return add if obj is None else add(obj)
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        try:
+            from probes import BUILTIN_PROBES
+        except ImportError:  # pragma: no cover - the probes package ships with audit
+            BUILTIN_PROBES = {}
+        for pid, target in BUILTIN_PROBES.items():
+            self._entries.setdefault(pid, target)
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self._group):
+            self._entries.setdefault(ep.name, ep.value)
+
+    def ids(self) -> list[str]:
+        self._discover()
+        return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def __contains__(self, probe_id: object) -> bool:
+        self._discover()
+        return probe_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def get(self, probe_id: str) -> type:
+        """The probe class for ``probe_id``; an unknown id raises SpecError with a suggestion."""
+        self._discover()
+        if probe_id not in self._entries:
+            raise SpecError(
+                f"unknown probe '{probe_id}'.{did_you_mean(probe_id, self._entries)} "
+                f"Run `genai-audit probes` to list them."
+            )
+        target = self._entries[probe_id]
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            try:
+                obj = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as exc:
+                raise SpecError(f"probe '{probe_id}' could not be loaded from {target!r}: {exc}") from exc
+            if not dataclasses.is_dataclass(obj):
+                raise SpecError(f"probe '{probe_id}' ({target}) is not a dataclass of parameters")
+            obj.id = probe_id
+            self._entries[probe_id] = obj
+            target = obj
+        return target
+
+
+registry = Registry()
+register = registry.register
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    id: str
+    summary: str
+    applies_to: tuple[str, ...]
+    params: tuple[tuple[str, str, Any, str], ...]  # (name, type, default, help)
+
+
+def probe_info(probe_id: str) -> ProbeInfo:
+    cls = registry.get(probe_id)
+    doc = (cls.__doc__ or "").strip().splitlines()
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        tname = getattr(hints.get(f.name), "__name__", None) or str(hints.get(f.name, "")).replace("typing.", "")
+        params.append((f.name, tname, default, f.metadata.get("help", "")))
+    return ProbeInfo(
+        id=probe_id,
+        summary=doc[0] if doc else "",
+        applies_to=tuple(getattr(cls, "applies_to", ())),
+        params=tuple(params),
+    )
+
+
+def build_probe(probe_id: str, params: Mapping[str, Any] | None = None, *, where: str = "") -> Any:
+    """Make a probe from its id and parameters, validated by the probe's own dataclass.
+
+    Unknown parameters get a "did you mean"; wrong types and out-of-range values raise
+    :class:`SpecError` naming ``where`` (e.g. ``"audit.yaml: probes[0]"``) and the key.
+    """
+    prefix = f"{where}: " if where else ""
+    try:
+        cls = registry.get(probe_id)
+    except SpecError as exc:
+        raise SpecError(f"{prefix}{exc}") from None
+    params = dict(params or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in params.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise SpecError(
+                f"{prefix}params.{key}: unknown parameter for probe '{probe_id}'."
+                f"{did_you_mean(key, fields)} Its parameters are: {known}"
+            )
+        try:
+            values[key] = _validate_param(hints[key], value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise SpecError(
+                f"{prefix}params.{key}: expected {_type_name(hints[key])}, got {value!r} ({msg})"
+            ) from None
+    missing = [n for n, f in fields.items()
+               if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise SpecError(f"{prefix}params: probe '{probe_id}' needs the parameter(s) {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except SpecError as exc:
+        raise SpecError(f"{prefix}{exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{prefix}params: invalid parameters for probe '{probe_id}': {exc}") from None
+
+
+def _validate_param(tp: Any, value: Any) -> Any:
+    # Lax mode, so that YAML's ints fill float parameters (eps: 1) and lists fill tuples;
+    # but a string is never read as a number or a boolean ("512", "yes"): that is a typo
+    # in a spec more often than an intent.
+    if isinstance(value, str) and tp in (int, float, bool):
+        TypeAdapter(tp).validate_python(value, strict=True)  # raises a ValidationError
+    if isinstance(value, float) and tp is bool or isinstance(value, (int, float)) and tp is bool and value not in (0, 1):
+        TypeAdapter(tp).validate_python(value, strict=True)
+    return TypeAdapter(tp).validate_python(value)
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if tp in names:
+        return names[tp]
+    return str(tp).replace("typing.", "")

@@ -1,0 +1,255 @@
+"""The audit spec: YAML or JSON in, a validated and frozen :class:`AuditSpec` out.
+
+Errors name the file, the key, what was expected and what was found, e.g.::
+
+    audit.yaml: probes[0].params.max_length: expected an integer, got 'long'
+
+Example:
+    >>> spec = AuditSpec.model_validate({
+    ...     "name": "demo", "subject": {"kind": "text-generator", "source": "hf", "path": "gpt2"},
+    ...     "probes": [{"id": "quality.perplexity", "params": {"max_length": 256, "stride": 128}}]})
+    >>> spec.probes[0].id
+    'quality.perplexity'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import SpecError
+from audit.probe import build_probe, did_you_mean
+
+__all__ = ["AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "load_spec", "parse_metric_ref"]
+
+SUBJECT_KINDS = ("text-generator", "image-generator", "classifier", "encoder")
+_METRIC_RE = re.compile(r"^(?P<probe>[\w.\-]+)/(?P<metric>[\w.\-]+)(?:\[(?P<slice>[^\]]+)\])?$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SubjectSpec(_Frozen):
+    """The model under audit."""
+
+    kind: Literal["text-generator", "image-generator", "classifier", "encoder"]
+    source: str = Field(description="hf | gguf | python | ... (which loader reads `path`)")
+    path: str = Field(description="hub id, directory, file, or 'module:callable'")
+    name: str | None = Field(default=None, description="display name (default: derived from path)")
+    revision: str | None = Field(default=None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1 (default: cuda if present)")
+    trust_remote_code: bool = Field(default=False, description="run code from the model repo (unsafe)")
+    allow_pickle: bool = Field(default=False, description="load pickled weights (unsafe)")
+    options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
+
+
+class ProbeSpec(_Frozen):
+    id: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class GateSpec(_Frozen):
+    """A bound on a metric (``min``/``max`` on the value or a side of its interval), or a
+    regression limit against a baseline report (``max_drop``/``max_rise``)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    use: Literal["value", "ci_low", "ci_high"] = "value"
+    max_drop: float | None = Field(default=None, ge=0)
+    max_rise: float | None = Field(default=None, ge=0)
+    relative: bool = Field(default=False, description="max_drop/max_rise as a fraction of the baseline")
+    significant_only: bool = Field(
+        default=False, description="fail a regression only when the intervals do not overlap"
+    )
+    name: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_ref(cls, v: str) -> str:
+        parse_metric_ref(v)
+        return v
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> GateSpec:
+        if all(b is None for b in (self.min, self.max, self.max_drop, self.max_rise)):
+            raise ValueError("a gate needs at least one of min, max, max_drop or max_rise")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @property
+    def is_regression(self) -> bool:
+        return self.max_drop is not None or self.max_rise is not None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.metric
+
+
+class Settings(_Frozen):
+    seed: int = 0
+    device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:N")
+    batch_size: int | None = Field(default=None, gt=0)
+    progress: bool = True
+
+
+class AuditSpec(_Frozen):
+    """A whole audit: what to audit, with which inputs and probes, and what must hold."""
+
+    name: str = Field(min_length=1)
+    subject: SubjectSpec
+    data: dict[str, str] = Field(default_factory=dict)
+    probes: tuple[ProbeSpec, ...] = Field(min_length=1)
+    gates: tuple[GateSpec, ...] = ()
+    settings: Settings = Field(default_factory=Settings)
+    base_dir: str = Field(default=".", description="folder relative paths are resolved against")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AuditSpec:
+        seen: set[str] = set()
+        for i, p in enumerate(self.probes):
+            if p.id in seen:
+                raise ValueError(f"probes[{i}]: probe '{p.id}' is listed twice")
+            seen.add(p.id)
+        for i, g in enumerate(self.gates):
+            probe = parse_metric_ref(g.metric)[0]
+            if probe not in seen:
+                raise ValueError(
+                    f"gates[{i}].metric: '{g.metric}' names probe '{probe}', which this spec does not run."
+                    f"{did_you_mean(probe, seen)}"
+                )
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """A path from the spec, relative to the spec's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+    def data_paths(self) -> dict[str, Path]:
+        return {k: self.resolve(v) for k, v in self.data.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        d.pop("base_dir", None)
+        return d
+
+    def fingerprint(self) -> str:
+        """A hash of what determines the results (not the name or the gates)."""
+        d = self.as_dict()
+        d.pop("gates", None)
+        d.pop("name", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def build_probes(self, *, source: str = "spec") -> list[Any]:
+        return [build_probe(p.id, p.params, where=f"{source}: probes[{i}]") for i, p in enumerate(self.probes)]
+
+
+def parse_metric_ref(ref: str) -> tuple[str, str, dict[str, str]]:
+    """``"probe/metric[k=v,...]"`` -> (probe, metric, slice)."""
+    m = _METRIC_RE.match(ref.strip())
+    if not m:
+        raise ValueError(f"expected 'probe/metric' or 'probe/metric[key=value]', got {ref!r}")
+    slice_: dict[str, str] = {}
+    if m.group("slice"):
+        for part in m.group("slice").split(","):
+            k, sep, v = part.partition("=")
+            if not sep or not k.strip():
+                raise ValueError(f"slice part {part!r} in {ref!r} is not key=value")
+            slice_[k.strip()] = v.strip()
+    return m.group("probe"), m.group("metric"), slice_
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            field_names = _fields_at(parent)
+            msg = f"unknown key.{did_you_mean(str(loc[-1]), field_names)}"
+            if field_names:
+                msg += f" Expected one of: {', '.join(field_names)}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg}, got {err['input']!r}"
+        lines.append(f"{source}: {_loc(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = AuditSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if f is None:
+            return []
+        ann = f.annotation
+        inner = getattr(ann, "__args__", None)
+        model = next((a for a in (inner or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields) if model is not None else []
+
+
+def load_spec(path: str | Path) -> AuditSpec:
+    """Read, validate and freeze an audit spec; probe parameters are checked by each probe."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"spec file not found: {p}")
+    if p.is_dir():
+        raise SpecError(f"{p}: is a folder; expected a YAML or JSON spec file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read: {exc.strerror}") from None
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError(f"{p}: invalid YAML{where}: {problem}") from None
+    return spec_from_dict(data, source=str(p), base_dir=p.parent)
+
+
+def spec_from_dict(data: Any, *, source: str = "<spec>", base_dir: str | Path = ".") -> AuditSpec:
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else type(data).__name__
+        raise SpecError(f"{source}: expected a mapping with name, subject and probes at the top level, got {got}")
+    data = {**data, "base_dir": str(base_dir)}
+    try:
+        spec = AuditSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(source, exc)) from None
+    spec.build_probes(source=source)  # each probe validates its own parameters
+    return spec
