@@ -1,0 +1,157 @@
+"""The Markdown report: short enough for a pull-request comment, GitHub-flavoured tables.
+
+Report text is untrusted: cells escape Markdown and HTML punctuation and turn newlines into
+``<br>``, so a slice value or error message cannot break a table or inject markup.
+"""
+
+from __future__ import annotations
+
+import re
+
+from audit.findings import AuditReport, Finding
+from audit.render import (
+    describe_bound,
+    direction_arrow,
+    first_line,
+    format_interval,
+    format_number,
+    format_value,
+    gate_label,
+    slice_label,
+)
+
+__all__ = ["code_span", "escape_cell", "render_markdown"]
+
+_PUNCTUATION = re.compile(r"([\\`*_\[\]<>|~&#!])")
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def escape_cell(text: object) -> str:
+    """Text for a Markdown table cell or list item: Markdown/HTML punctuation and ``|`` are
+    backslash-escaped and newlines become ``<br>``.
+
+    Example:
+        >>> escape_cell("a|b\\n<i>")
+        'a\\\\|b<br>\\\\<i\\\\>'
+    """
+    escaped = _PUNCTUATION.sub(r"\\\1", str(text))
+    return _NEWLINES.sub("<br>", escaped.strip())
+
+
+def code_span(text: object) -> str:
+    """``text`` as an inline code span that is safe in a table cell (pipes escaped, newlines
+    flattened, backticks in the text fenced by a longer run)."""
+    s = " ".join(str(text).split()).replace("|", r"\|")
+    longest = max((len(m) for m in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    if longest:
+        s = f" {s} "
+    return f"{fence}{s}{fence}"
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _status_word(status: str) -> str:
+    return f"**{status.upper()}**" if status in ("failed", "crashed") else status.upper()
+
+
+def render_markdown(report: AuditReport, *, max_findings: int = 60) -> str:
+    """Render the report as Markdown for a pull-request comment.
+
+    Args:
+        report: the audit to render.
+        max_findings: findings listed in the table; the rest are counted and left to the
+            HTML report (a PR comment has a size limit).
+
+    Returns:
+        Markdown text: a headline with the status word, the gate table, the findings table,
+        crashed probes with their error message and skipped probes with their reason.
+
+    Example:
+        >>> from audit.findings import AuditReport, SubjectIdentity
+        >>> r = AuditReport(name="demo", subject=SubjectIdentity(name="m", kind="classifier", source="python"))
+        >>> render_markdown(r).splitlines()[0]
+        '### genai-audit: PASSED · demo'
+    """
+    lines: list[str] = []
+    status = report.status
+    gates = report.gates
+    probes = report.probes
+    n_failed_gates = sum(g.status == "failed" for g in gates)
+    n_skipped_gates = sum(g.status == "skipped" for g in gates)
+    crashed = [(pid, p) for pid, p in probes.items() if p.status == "failed"]
+    skipped = [(pid, p) for pid, p in probes.items() if p.status == "skipped"]
+
+    lines.append(f"### genai-audit: {status.upper()} · {escape_cell(report.name)}")
+    lines.append("")
+    summary = [f"{n_failed_gates} of {len(gates)} gate{'s' if len(gates) != 1 else ''} failed"]
+    if n_skipped_gates:
+        summary[-1] += f" ({n_skipped_gates} skipped)"
+    summary.append(f"{len(crashed)} of {len(probes)} probe{'s' if len(probes) != 1 else ''} crashed")
+    if skipped:
+        summary[-1] += f" ({len(skipped)} skipped)"
+    subj = report.subject
+    ident = ", ".join(escape_cell(x) for x in (subj.kind, subj.source, subj.revision) if x)
+    summary.append(f"subject {escape_cell(subj.name)} ({ident})")
+    summary.append(f"run {code_span(report.run_id[:12])} at {escape_cell(report.created_at)}")
+    lines.append(" · ".join(summary))
+
+    lines += ["", "#### Gates", ""]
+    if gates:
+        lines.append(_row("Status", "Gate", "Value", "Bound", "Message"))
+        lines.append(_row("---", "---", "---:", "---:", "---"))
+        for g in gates:
+            label = gate_label(g)
+            gate_cell = escape_cell(label) if label != g.metric else ""
+            gate_cell += ("<br>" if gate_cell else "") + code_span(g.metric)
+            lines.append(
+                _row(
+                    _status_word(g.status),
+                    gate_cell,
+                    escape_cell(format_number(g.value)),
+                    escape_cell(describe_bound(g)),
+                    escape_cell(g.message),
+                )
+            )
+    else:
+        lines.append("No gates in this audit.")
+
+    lines += ["", "#### Findings", ""]
+    findings = report.findings
+    if findings:
+        lines.append(_row("Finding", "Value", "Interval", "n", "Slice", "Warnings"))
+        lines.append(_row("---", "---:", "---:", "---:", "---", "---"))
+        for f in findings[:max_findings]:
+            lines.append(_finding_row(f))
+        if len(findings) > max_findings:
+            lines.append("")
+            lines.append(f"… and {len(findings) - max_findings} more findings in the HTML report.")
+    else:
+        lines.append("No findings.")
+
+    if crashed:
+        lines += ["", "#### Failed probes", ""]
+        for pid, p in crashed:
+            lines.append(f"- {code_span(pid)}: {escape_cell(first_line(p.error) or 'no error recorded')}")
+    if skipped:
+        lines += ["", "#### Skipped probes", ""]
+        for pid, p in skipped:
+            lines.append(f"- {code_span(pid)}: {escape_cell(p.reason or 'no reason recorded')}")
+
+    lines += ["", f"<sub>genai-audit report schema {escape_cell(report.schema_version)}</sub>", ""]
+    return "\n".join(lines)
+
+
+def _finding_row(f: Finding) -> str:
+    name = f"{direction_arrow(f.higher_is_better)} {code_span(f'{f.probe}/{f.metric}')}"
+    interval = format_interval(f.ci)
+    return _row(
+        name,
+        escape_cell(format_value(f)),
+        interval,  # numbers only: nothing to escape
+        "—" if f.n is None else f"{f.n:,}",
+        escape_cell(slice_label(f)) if f.slice else "",
+        escape_cell("\n".join(f.warnings)) if f.warnings else "",
+    )
