@@ -1,0 +1,288 @@
+"""The ``genai-audit`` command.
+
+Exit codes: 0 every gate passed; 1 a gate failed; 2 the spec or an input is invalid;
+3 a probe crashed. Errors are one clear line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit.errors import EXIT_INVALID, EXIT_PROBE_CRASHED, AuditError
+
+__all__ = ["cli", "main"]
+
+
+class _State:
+    debug = False
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _load_baseline(path: str | None):
+    if path is None:
+        return None
+    from audit.findings import AuditReport
+
+    return AuditReport.load(path)
+
+
+def _store_option(f):
+    return click.option(
+        "--store", "store_url", metavar="URL", envvar="GENAI_AUDIT_STORE",
+        help="SQLAlchemy URL or SQLite file of the audit store [env GENAI_AUDIT_STORE; "
+             "default: ~/.local/share/genai-audit/audits.db].",
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="genai-audit", prog_name="genai-audit")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def cli(debug: bool) -> None:
+    """Audit generative models for quality, bias, robustness, detectability and energy."""
+    _State.debug = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _run_and_report(spec, out: Path, *, baseline, resume, store_url, no_store, device, quiet) -> int:
+    from audit.render import print_scorecard
+    from audit.runner import run_audit
+
+    def say(msg: str) -> None:
+        if not quiet:
+            _echo_err(msg)
+
+    result = run_audit(spec, out_dir=out, baseline=baseline, resume=resume, store_url=store_url,
+                       use_store=not no_store, device=device, on_event=say)
+    report = result.report
+    if not quiet:
+        print_scorecard(report, _console())
+        click.echo(f"Reports: {', '.join(str(p) for p in result.files.values())}")
+        if result.stored_in:
+            click.echo(f"Stored in: {result.stored_in}")
+    for pid, st in report.probes.items():
+        if st.status == "failed":
+            _echo_err(f"error: probe {pid} failed: {st.error}")
+    return report.exit_code
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Folder for report.json/html/md and junit.xml [default: audit-out/NAME].")
+@click.option("--baseline", type=click.Path(), default=None,
+              help="A previous report.json; enables the max_drop/max_rise gates.")
+@click.option("--resume", is_flag=True, help="Reuse the finished probes of an interrupted run in --out.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (overrides the spec).")
+@click.option("--no-store", is_flag=True, help="Do not ingest the report into the store.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@_store_option
+def run(spec_path: Path, out: Path | None, baseline: str | None, resume: bool, device: str | None,
+        no_store: bool, quiet: bool, store_url: str | None) -> None:
+    """Run the audit described by SPEC (YAML or JSON) and write its reports."""
+    from audit.spec import load_spec
+
+    spec = load_spec(spec_path)
+    base = _load_baseline(baseline)
+    out = out or Path("audit-out") / _safe_name(spec.name)
+    sys.exit(_run_and_report(spec, out, baseline=base, resume=resume, store_url=store_url,
+                             no_store=no_store, device=device, quiet=quiet))
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "audit"
+
+
+@cli.command()
+@click.argument("report_path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(), default=None, help="A previous report.json.")
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path), default=None,
+              help="Take the gates from this spec instead of the report's own.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write JUnit XML here.")
+def check(report_path: Path, baseline: str | None, spec_path: Path | None, junit: Path | None) -> None:
+    """Re-evaluate the gates of REPORT without rerunning any probe."""
+    from audit.findings import AuditReport, atomic_write_text
+    from audit.gates import evaluate_gates
+    from audit.render import print_scorecard, render_junit
+    from audit.spec import GateSpec, load_spec
+
+    report = AuditReport.load(report_path)
+    if spec_path is not None:
+        gates = load_spec(spec_path).gates
+    else:
+        try:
+            gates = tuple(GateSpec.model_validate(g) for g in report.spec.get("gates", ()))
+        except Exception as exc:
+            raise AuditError(f"{report_path}: the gates recorded in the report are invalid: {exc}") from None
+    base = _load_baseline(baseline)
+    report = report.with_gates(evaluate_gates(gates, report.findings, base.findings if base else None))
+    print_scorecard(report, _console())
+    if junit is not None:
+        atomic_write_text(junit, render_junit(report))
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (for a pull-request comment).")
+def diff(a: Path, b: Path, markdown: bool) -> None:
+    """Show how the findings changed from report A to report B."""
+    from audit.compare import diff_markdown, diff_reports, render_diff_table
+    from audit.findings import AuditReport
+
+    changes = diff_reports(AuditReport.load(a), AuditReport.load(b))
+    if markdown:
+        click.echo(diff_markdown(changes))
+    else:
+        render_diff_table(changes, _console())
+
+
+@cli.command("probes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_probes(as_json: bool) -> None:
+    """List every probe: summary, subject kinds, parameters and defaults."""
+    from audit.findings import jsonable
+    from audit.probe import probe_info, registry
+
+    infos = [probe_info(pid) for pid in registry.ids()]
+    if as_json:
+        click.echo(json.dumps(jsonable([
+            {"id": i.id, "summary": i.summary, "applies_to": list(i.applies_to),
+             "params": [{"name": n, "type": t, "default": d, "help": h} for n, t, d, h in i.params]}
+            for i in infos]), indent=2, default=str))
+        return
+    from rich.table import Table
+
+    con = _console()
+    for info in infos:
+        con.print(f"[bold]{info.id}[/bold]  {info.summary}")
+        con.print(f"  applies to: {', '.join(info.applies_to) or 'any subject'}")
+        t = Table(show_header=True, header_style="dim", box=None, padding=(0, 2))
+        for col in ("parameter", "type", "default", "help"):
+            t.add_column(col)
+        for n, ty, d, h in info.params:
+            t.add_row(n, ty, repr(d), h)
+        con.print(t)
+        con.print()
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
+              help="Folder for the demo's reports.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N [default: cuda if present].")
+@click.option("--no-store", is_flag=True, help="Do not ingest the report into the store.")
+@_store_option
+def demo(out: Path, device: str | None, no_store: bool, store_url: str | None) -> None:
+    """Audit SmolLM2-135M-Instruct from the offline bundle: a real audit, end to end."""
+    from audit.demo import build_demo_spec
+
+    spec = build_demo_spec(out)
+    click.echo(f"Demo spec written to {out / 'audit.yaml'} (copy it to audit your own model).")
+    code = _run_and_report(spec, out, baseline=None, resume=False, store_url=store_url,
+                           no_store=no_store, device=device, quiet=False)
+    click.echo(f"Open the HTML report: {(out / 'report.html').resolve().as_uri()}")
+    click.echo("See the history of audits: genai-audit store list")
+    sys.exit(code)
+
+
+@cli.group()
+def store() -> None:
+    """The store of audit reports (SQLite by default, any SQLAlchemy URL)."""
+
+
+@store.command("list")
+@_store_option
+@click.option("--subject", default=None, help="Only audits of this model.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def store_list(store_url: str | None, subject: str | None, limit: int, as_json: bool) -> None:
+    """List the stored audits, newest first."""
+    from audit.store import ReportStore, default_store_url
+
+    url = store_url or default_store_url()
+    with ReportStore(url) as st:
+        rows = st.list_audits(subject=subject, limit=limit)
+    if as_json:
+        click.echo(json.dumps([_row_dict(r) for r in rows], indent=2, default=str))
+        return
+    from rich.table import Table
+
+    con = _console()
+    if not rows:
+        con.print(f"No audits in {url} yet. Run one with: genai-audit demo")
+        return
+    t = Table(title=f"Audits in {url}")
+    for col in ("created", "name", "subject", "status", "findings", "gates failed", "run id"):
+        t.add_column(col)
+    for r in rows:
+        d = _row_dict(r)
+        t.add_row(str(d.get("created_at", "")), str(d.get("name", "")), str(d.get("subject_name", "")),
+                  str(d.get("status", "")), str(d.get("n_findings", "")), str(d.get("n_gates_failed", "")),
+                  str(d.get("run_id", ""))[:12])
+    con.print(t)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(row):
+        return dataclasses.asdict(row)
+    return dict(row)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of report.json."""
+    from audit.findings import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI and turns our errors into one line and an exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cli.main(args=argv, prog_name="genai-audit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_INVALID if exc.exit_code == 2 else exc.exit_code)
+    except click.exceptions.Abort:
+        _echo_err("aborted")
+        sys.exit(130)
+    except AuditError as exc:
+        if _State.debug:
+            traceback.print_exc()
+        _echo_err(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _echo_err("interrupted; rerun with --resume to reuse the finished probes")
+        sys.exit(130)
+    except Exception as exc:  # a bug of ours, not the user's input: never exit 1 (a gate failed)
+        if _State.debug:
+            traceback.print_exc()
+        _echo_err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        sys.exit(EXIT_PROBE_CRASHED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,348 @@
+"""Run an audit: load the subject, run each probe in isolation, gate, write, store.
+
+A probe that raises is recorded as failed (with its error and traceback) while the others
+finish. Each finished probe is saved under ``OUT/.partial/`` at once, so ``resume=True``
+reuses the finished probes of an interrupted run (same spec fingerprint) and runs the rest.
+The final reports are written atomically; ``.partial/`` is removed once they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from audit.errors import AuditError, InputError
+from audit.findings import (
+    AuditReport,
+    Finding,
+    ProbeStatus,
+    SubjectIdentity,
+    atomic_write_text,
+    jsonable,
+)
+from audit.gates import evaluate_gates
+from audit.probe import ProbeContext
+from audit.spec import AuditSpec
+from audit.subjects import missing_capabilities
+
+__all__ = ["RunResult", "environment_info", "run_audit"]
+
+log = logging.getLogger("genai_audit")
+_FINDINGS = TypeAdapter(list[Finding])
+_STATUS = TypeAdapter(ProbeStatus)
+_IDENTITY = TypeAdapter(SubjectIdentity)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    report: AuditReport
+    out_dir: Path
+    files: dict[str, Path]
+    store_error: str | None = None
+    stored_in: str | None = None
+
+
+def _package_versions(names: Sequence[str]) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def environment_info(device: Any = None) -> dict[str, Any]:
+    """Package versions, git commit, CPU/GPU and driver: what a rerun needs to compare."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": _package_versions(
+            ["genai-audit", "torch", "transformers", "numpy", "scipy", "gguf", "safetensors", "tokenizers"]
+        ),
+        "git_commit": _git_commit(),
+        "device": str(device) if device is not None else None,
+    }
+    try:
+        import torch
+
+        env["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["cuda_version"] = torch.version.cuda
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from audit.energy import hardware_info
+
+        env["hardware"] = hardware_info()
+    except Exception as exc:  # hardware details are nice to have, never fatal
+        env["hardware"] = {"error": str(exc)}
+    return env
+
+
+def _params_hash(probe: Any) -> str:
+    params = jsonable(dataclasses.asdict(probe))
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Partial:
+    """The ``.partial`` folder of an unfinished run: one file per finished probe."""
+
+    def __init__(self, out_dir: Path):
+        self.root = out_dir / ".partial"
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def load_run(self) -> dict[str, Any] | None:
+        p = self.root / "run.json"
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def save_run(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.root / "run.json", json.dumps(jsonable(data), indent=1))
+
+    def _probe_path(self, probe_id: str) -> Path:
+        return self.root / "probes" / f"{probe_id}.json"
+
+    def load_probe(self, probe_id: str, params_hash: str) -> tuple[ProbeStatus, list[Finding]] | None:
+        try:
+            data = json.loads(self._probe_path(probe_id).read_text(encoding="utf-8"))
+            if data.get("params_hash") != params_hash:
+                return None
+            return _STATUS.validate_python(data["status"]), _FINDINGS.validate_python(data["findings"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save_probe(self, probe_id: str, params_hash: str, status: ProbeStatus, findings: list[Finding]) -> None:
+        data = {
+            "params_hash": params_hash,
+            "status": dataclasses.asdict(status),
+            "findings": [dataclasses.asdict(f) for f in findings],
+        }
+        atomic_write_text(self._probe_path(probe_id), json.dumps(jsonable(data)))
+
+
+def _check_inputs(spec: AuditSpec) -> None:
+    """Fail before the (slow) model load when a named data input does not exist."""
+    for name, path in spec.data_paths().items():
+        if not path.exists():
+            raise InputError(f"data input '{name}' not found: {path} (from the spec's `data.{name}`)")
+
+
+def _validate_findings(probe_id: str, result: Any) -> list[Finding]:
+    if not isinstance(result, (list, tuple)) or not all(isinstance(f, Finding) for f in result):
+        raise TypeError(f"probe {probe_id} must return a list of Finding, got {type(result).__name__}")
+    return list(result)
+
+
+def run_audit(
+    spec: AuditSpec,
+    *,
+    out_dir: str | Path,
+    baseline: AuditReport | None = None,
+    resume: bool = False,
+    store_url: str | None = None,
+    use_store: bool = True,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    show_progress: bool | None = None,
+    on_event: Callable[[str], None] | None = None,
+    subject_loader: Callable[..., Any] | None = None,
+) -> RunResult:
+    """Run ``spec`` and write ``report.json``, ``report.html``, ``report.md``, ``junit.xml``.
+
+    Args:
+        spec: a validated spec (:func:`audit.spec.load_spec`).
+        out_dir: where the reports go (created).
+        baseline: a previous report for the regression gates.
+        resume: reuse the probes an interrupted run into the same ``out_dir`` finished.
+        store_url: SQLAlchemy URL of the store (default: ``GENAI_AUDIT_STORE`` or the
+            user's data folder); ``use_store=False`` skips ingestion.
+        cache_dir: folder for converted models and other reusable work.
+        device: overrides the spec's ``settings.device``.
+        on_event: called with one-line progress messages (the CLI prints them).
+        subject_loader: replaces :func:`audit.loading.load_subject` (tests, embedding apps).
+
+    Returns:
+        A :class:`RunResult`; ``result.report.exit_code`` is the CLI's exit code.
+
+    Raises:
+        InputError / SpecError: before any probe ran (exit code 2).
+    """
+    say = on_event or (lambda msg: log.info(msg))
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) if cache_dir else Path(
+        os.environ.get("GENAI_AUDIT_CACHE", Path.home() / ".cache" / "genai-audit"))
+    _check_inputs(spec)
+    probes = spec.build_probes()
+    partial = _Partial(out)
+    fingerprint = spec.fingerprint()
+    run_info = partial.load_run() if resume else None
+    if run_info is not None and run_info.get("fingerprint") != fingerprint:
+        raise InputError(
+            f"{out}: the unfinished run there was made from a different spec (fingerprint "
+            f"{run_info.get('fingerprint')} != {fingerprint}); run without --resume, or use another --out"
+        )
+    if run_info is None:
+        partial.clear()
+        import uuid
+
+        run_info = {"run_id": uuid.uuid4().hex, "fingerprint": fingerprint,
+                    "created_at": AuditReport.__dataclass_fields__["created_at"].default_factory()}
+        partial.save_run(run_info)
+
+    from audit.loading import resolve_device
+
+    dev = resolve_device(device or spec.subject.device or spec.settings.device)
+    progress = spec.settings.progress and sys.stderr.isatty() if show_progress is None else show_progress
+    subject = None
+    identity = _IDENTITY.validate_python(run_info["subject"]) if "subject" in run_info else None
+    timings: dict[str, float] = {}
+    statuses: dict[str, ProbeStatus] = {}
+    findings: list[Finding] = []
+
+    def get_subject() -> Any:
+        nonlocal subject, identity
+        if subject is None:
+            t0 = time.perf_counter()
+            say(f"loading {spec.subject.kind} from {spec.subject.source}: {spec.subject.path}")
+            loader = subject_loader
+            if loader is None:
+                from audit.loading import load_subject as loader
+            subject = loader(spec.subject, base_dir=Path(spec.base_dir), device=str(dev), cache_dir=cache)
+            timings["load_subject_s"] = time.perf_counter() - t0
+            identity = subject.identity
+            partial.save_run({**run_info, "subject": dataclasses.asdict(identity)})
+        return subject
+
+    from audit.energy import default_meter, summarize
+
+    try:
+        for i, (pspec, probe) in enumerate(zip(spec.probes, probes)):
+            pid = pspec.id
+            phash = _params_hash(probe)
+            done = partial.load_probe(pid, phash) if resume else None
+            if done is not None and done[0].status != "failed":
+                statuses[pid], got = done
+                findings.extend(got)
+                say(f"[{i + 1}/{len(probes)}] {pid}: reused from the unfinished run ({done[0].status})")
+                continue
+            params = jsonable(dataclasses.asdict(probe))
+            try:
+                subj = get_subject()
+            except AuditError:
+                raise  # the model cannot be loaded: invalid input, nothing can run (exit 2)
+            reason = missing_capabilities(subj, probe)
+            if reason is not None:
+                statuses[pid] = ProbeStatus(status="skipped", reason=reason, params=params)
+                partial.save_probe(pid, phash, statuses[pid], [])
+                say(f"[{i + 1}/{len(probes)}] {pid}: skipped: {reason}")
+                continue
+            ctx = ProbeContext(
+                device=dev, seed=spec.settings.seed, data=spec.data_paths(), cache_dir=cache,
+                artefact_dir=out / "artefacts" / pid, batch_size=spec.settings.batch_size,
+                show_progress=progress, logger=log, probe_id=pid,
+            )
+            ctx.seed_everything()
+            meter = default_meter(str(dev))
+            say(f"[{i + 1}/{len(probes)}] {pid}: running")
+            t0 = time.perf_counter()
+            meter.start()
+            try:
+                got = _validate_findings(pid, probe.run(subj, ctx))
+                error = None
+            except Exception as exc:  # isolate: one probe's failure never stops the others
+                got = []
+                error = exc
+            readings = meter.stop()
+            wall = time.perf_counter() - t0
+            energy = summarize(readings)
+            if error is None:
+                statuses[pid] = ProbeStatus(status="ok", wall_s=wall, energy=energy,
+                                            n_findings=len(got), params=params)
+                say(f"[{i + 1}/{len(probes)}] {pid}: ok, {len(got)} findings in {wall:.1f} s")
+            else:
+                kind = "input" if isinstance(error, AuditError) else "crash"
+                msg = str(error) if kind == "input" else f"{type(error).__name__}: {error}"
+                statuses[pid] = ProbeStatus(
+                    status="failed", error=msg, error_kind=kind,
+                    traceback="".join(traceback.format_exception(error))[-8000:],
+                    wall_s=wall, energy=energy, params=params,
+                )
+                say(f"[{i + 1}/{len(probes)}] {pid}: FAILED: {msg}")
+            findings.extend(got)
+            partial.save_probe(pid, phash, statuses[pid], got)
+    finally:
+        if subject is not None:
+            subject.close()
+
+    total_j = [s.energy.get("joules") for s in statuses.values() if s.energy.get("joules") is not None]
+    timings["total_s"] = time.perf_counter() - t_start
+    report = AuditReport(
+        name=spec.name,
+        subject=identity or SubjectIdentity(name=spec.subject.name or spec.subject.path,
+                                            kind=spec.subject.kind, source=spec.subject.source,
+                                            path=spec.subject.path),
+        findings=tuple(findings),
+        probes=statuses,
+        spec=spec.as_dict(),
+        environment=environment_info(dev),
+        timings=timings,
+        energy={
+            "joules": sum(total_j) if total_j else None,
+            "kind": "measured" if total_j else "unavailable",
+            "note": "sum of the probes' measured energy" if total_j
+            else "no probe's energy could be measured on this machine",
+        },
+        run_id=run_info["run_id"],
+        created_at=run_info["created_at"],
+    )
+    report = report.with_gates(evaluate_gates(spec.gates, report.findings,
+                                              baseline.findings if baseline else None))
+    from audit.render import write_reports
+
+    files = write_reports(report, out)
+    partial.clear()
+    store_error = stored_in = None
+    if use_store:
+        try:
+            from audit.store import ReportStore, default_store_url
+
+            url = store_url or default_store_url()
+            with ReportStore(url) as store:
+                store.ingest(report, report_dir=out)
+            stored_in = url
+        except Exception as exc:  # the reports are written; a store problem must not lose them
+            store_error = f"{type(exc).__name__}: {exc}"
+            say(f"warning: the report was written but not stored: {store_error}")
+    return RunResult(report=report, out_dir=out, files=files, store_error=store_error, stored_in=stored_in)
