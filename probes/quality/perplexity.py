@@ -1,0 +1,230 @@
+"""Probe ``quality.perplexity``: how well a language model predicts a held-out corpus.
+
+The maths (windowing, batching, perplexity and bits per byte) lives in
+:mod:`probes.quality.functional`; this module reads the corpus, calls it, and turns the
+per-document sums into findings with bootstrap intervals over documents.
+
+Example (spec):
+    probes:
+      - id: quality.perplexity
+        params: {max_length: 1024, stride: 512, slice_by: genre}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from audit.errors import SpecError
+from audit.findings import Finding, Interval
+from audit.probe import ProbeContext, register
+from audit.stats import bootstrap_ratio_ci
+from audit.textdata import read_documents
+from probes.quality.functional import bits_per_byte, corpus_perplexity, windowed_token_logprobs
+
+__all__ = ["Perplexity"]
+
+_LN2 = math.log(2.0)
+_SMALL_CORPUS = 20
+_MAX_EVIDENCE = 1000
+
+
+@register("quality.perplexity")
+@dataclass(frozen=True)
+class Perplexity:
+    """Perplexity and bits per byte of a language model on a held-out corpus.
+
+    Each document is scored on its own (optionally after the model's BOS token), in
+    overlapping windows of ``max_length`` tokens that start every ``stride`` tokens, so that
+    every token is scored once with up to ``max_length - 1`` tokens of context. Corpus
+    perplexity is ``exp(total NLL / total scored tokens)``; bits per byte divides the NLL (in
+    bits) by the UTF-8 bytes of the scored text instead, which compares models with
+    different tokenizers. Intervals are percentile bootstraps over documents.
+
+    Findings: ``perplexity``, ``bits_per_byte``, ``nll_per_token`` (nats) for the corpus,
+    and ``perplexity`` / ``bits_per_byte`` per value of the ``slice_by`` metadata field.
+    """
+
+    id: ClassVar[str] = "quality.perplexity"
+    applies_to: ClassVar[tuple[str, ...]] = ("text-generator",)
+    requires: ClassVar[tuple[str, ...]] = ("tokenize", "token_logprobs")
+
+    data: str = field(default="texts", metadata={"help": "named data input of the spec holding the corpus (.txt, .jsonl, .json or a folder)"})
+    max_length: int = field(default=1024, metadata={"help": "most tokens per window (clamped to the model's context)"})
+    stride: int = field(default=512, metadata={"help": "tokens between window starts; smaller gives more context per token, more compute"})
+    batch_size: int = field(default=8, metadata={"help": "windows per forward pass (halved automatically on out-of-memory)"})
+    add_bos: bool = field(default=True, metadata={"help": "prepend the model's BOS token so each document's first token is scored too"})
+    slice_by: str | None = field(default="genre", metadata={"help": "document metadata field to report per-slice findings by (none: null)"})
+    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples (over documents) for the intervals"})
+    confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(self.data, str) or not self.data.strip():
+            fail("data", "the name of a data input of the spec (e.g. 'texts')")
+        if not is_int(self.max_length) or self.max_length < 2:
+            fail("max_length", "an integer >= 2 (one token of context and one to score)")
+        if not is_int(self.stride) or not 0 < self.stride <= self.max_length:
+            fail("stride", f"an integer in 1 .. max_length ({self.max_length})")
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            fail("batch_size", "an integer >= 1")
+        if not isinstance(self.add_bos, bool):
+            fail("add_bos", "true or false")
+        if self.slice_by is not None and (not isinstance(self.slice_by, str) or not self.slice_by.strip()):
+            fail("slice_by", "the name of a metadata field (e.g. 'genre') or null")
+        if not is_int(self.n_resamples) or self.n_resamples < 100:
+            fail("n_resamples", "an integer >= 100 (fewer gives unstable interval bounds)")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) \
+                or not 0 < self.confidence < 1:
+            fail("confidence", "a number in (0, 1), e.g. 0.95")
+
+    def run(self, subject: Any, ctx: ProbeContext) -> list[Finding]:
+        import torch
+
+        docs = read_documents(ctx.input_path(self.data))
+        notes: list[str] = []
+
+        max_length, stride = self.max_length, self.stride
+        limit = getattr(subject, "max_context", None)
+        if limit is not None and max_length > limit:
+            notes.append(f"max_length {max_length} exceeds the model's context of {limit} tokens; "
+                         f"clamped to {limit}")
+            max_length, stride = limit, min(stride, limit)
+
+        bos = subject.bos_token_id if self.add_bos else None
+        if self.add_bos and bos is None:
+            notes.append("the model has no BOS token: the first token of each document is not scored")
+        token_ids = subject.encode([d.text for d in docs])
+        sequences = [([bos] if bos is not None else []) + list(ids) for ids in token_ids]
+
+        keep = [i for i, s in enumerate(sequences) if len(s) >= 2]
+        if len(keep) < len(docs):
+            skipped = [docs[i].id for i in range(len(docs)) if len(sequences[i]) < 2]
+            notes.append(f"{len(skipped)} of {len(docs)} documents have fewer than 2 tokens (nothing to "
+                         f"score) and were skipped: {_some(skipped)}")
+        docs = [docs[i] for i in keep]
+        sequences = [sequences[i] for i in keep]
+
+        tokens = np.array([len(s) - 1 for s in sequences], dtype=np.float64)
+        n_bytes = np.array([len(d.text.encode("utf-8")) for d in docs], dtype=np.float64)
+        if bos is None:
+            # The first token is context only: count the bytes of the text that was scored.
+            n_bytes -= [len(subject.decode([s[0]]).encode("utf-8")) for s in sequences]
+            n_bytes = np.maximum(n_bytes, 0.0)
+
+        nll = np.zeros(len(docs), dtype=np.float64)
+        if docs:
+            device = getattr(subject, "device", None) or ctx.device
+            logprobs = windowed_token_logprobs(
+                subject.token_logprobs, sequences, max_length=max_length, stride=stride,
+                batch_size=self.batch_size, pad_id=subject.pad_token_id, device=device,
+                progress=lambda it, total: ctx.progress(it, total=total, desc=f"{self.id}: windows"),
+            )
+            flat = torch.cat(logprobs).double()
+            doc_of_token = torch.repeat_interleave(
+                torch.arange(len(docs), device=flat.device), torch.as_tensor(tokens, dtype=torch.long).to(flat.device)
+            )
+            nll_t = torch.zeros(len(docs), dtype=torch.float64, device=flat.device).index_add_(0, doc_of_token, -flat)
+            nll = nll_t.cpu().numpy()  # the one transfer to the host
+
+        group = _Group(self, ctx, nll, tokens, n_bytes, [d.id for d in docs])
+        everything = np.ones(len(docs), dtype=bool)
+        findings = group.findings(everything, {}, notes, metrics=("perplexity", "bits_per_byte", "nll_per_token"))
+        per_doc = corpus_perplexity(torch.from_numpy(nll), torch.from_numpy(tokens)).tolist()
+        shown = min(len(docs), _MAX_EVIDENCE)
+        findings[0] = replace(findings[0], evidence={
+            "per_document": per_doc[:shown],
+            "document_ids": [d.id for d in docs[:shown]],
+            "documents": len(docs),
+            "tokens": int(tokens.sum()),
+            "bytes": int(n_bytes.sum()),
+            "max_length": max_length,
+            "stride": stride,
+            "bos": bos is not None,
+            **({"per_document_truncated": True} if shown < len(docs) else {}),
+        })
+
+        if self.slice_by:
+            values = [d.meta.get(self.slice_by) for d in docs]
+            present = sorted({v for v in values if v is not None})
+            slice_notes = []
+            missing = sum(v is None for v in values)
+            if present and missing:
+                slice_notes.append(f"{missing} of {len(docs)} documents have no '{self.slice_by}' and are in no slice")
+            for value in present:
+                mask = np.array([v == value for v in values])
+                findings += group.findings(mask, {self.slice_by: value}, slice_notes,
+                                           metrics=("perplexity", "bits_per_byte"))
+        return findings
+
+
+@dataclass
+class _Group:
+    """Per-document sums of one run, turned into findings for any subset of documents."""
+
+    probe: Perplexity
+    ctx: ProbeContext
+    nll: np.ndarray
+    tokens: np.ndarray
+    n_bytes: np.ndarray
+    ids: Sequence[str]
+
+    def findings(self, mask: np.ndarray, slice_: dict[str, str], notes: list[str],
+                 metrics: Sequence[str]) -> list[Finding]:
+        nll, tokens, n_bytes = self.nll[mask], self.tokens[mask], self.n_bytes[mask]
+        n = int(mask.sum())
+        warnings = list(notes)
+        bad = ~np.isfinite(nll)
+        if n == 0:
+            warnings.append("no document to score: the value is nan")
+        elif bad.any():
+            bad_ids = [i for i, b in zip(np.asarray(self.ids)[mask], bad) if b]
+            warnings.append(f"{int(bad.sum())} of {n} documents have a non-finite NLL (the model returned NaN "
+                            f"or infinite log-probabilities): {_some(bad_ids)}; the value is nan")
+        elif n < 2:
+            warnings.append("only 1 document: no interval can be formed")
+        elif n < _SMALL_CORPUS:
+            warnings.append(f"only {n} documents: the bootstrap interval over documents is wide; "
+                            f"use {_SMALL_CORPUS} or more")
+        ok = n > 0 and not bad.any()
+
+        total_nll, total_tok, total_bytes = nll.sum(), tokens.sum(), n_bytes.sum()
+        specs = {
+            "perplexity": (lambda: float(corpus_perplexity(total_nll, total_tok)), nll, tokens, np.exp, ""),
+            "bits_per_byte": (lambda: float(bits_per_byte(total_nll, total_bytes)), nll / _LN2, n_bytes, None,
+                              "bits/byte"),
+            "nll_per_token": (lambda: float(total_nll / total_tok), nll, tokens, None, "nats/token"),
+        }
+        out = []
+        for metric in metrics:
+            value_fn, num, den, transform, unit = specs[metric]
+            value, ci = math.nan, None
+            if ok:
+                value = value_fn()
+                ci = self._interval(num, den, transform)
+            out.append(Finding(
+                probe=self.probe.id, metric=metric, value=value, higher_is_better=False, unit=unit,
+                ci=ci, n=n, slice=slice_, warnings=tuple(warnings),
+                evidence={"tokens": int(total_tok), "bytes": int(total_bytes)} if slice_ else {},
+            ))
+        return out
+
+    def _interval(self, num: np.ndarray, den: np.ndarray, transform: Any) -> Interval | None:
+        return bootstrap_ratio_ci(
+            num, den, transform=transform, n_resamples=self.probe.n_resamples,
+            confidence=self.probe.confidence, seed=self.ctx.child_seed("bootstrap"),
+        )
+
+
+def _some(ids: Sequence[str], k: int = 5) -> str:
+    shown = ", ".join(repr(str(i)) for i in ids[:k])
+    return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")
