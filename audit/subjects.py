@@ -1,0 +1,147 @@
+"""Adapters for the model under audit. Probes ask for capabilities, not classes.
+
+A subject has a ``kind`` (text-generator, image-generator, classifier, encoder), the set of
+``capabilities`` it offers (e.g. ``token_logprobs``), an ``identity`` recorded in the report,
+and the torch ``device`` it runs on. Loading from hub ids, folders, GGUF files and Python
+callables lives in :mod:`audit.loading`.
+
+Example:
+    >>> from tests.fakes import tiny_text_generator   # doctest: +SKIP
+    >>> lm = tiny_text_generator()                    # doctest: +SKIP
+    >>> ids = lm.encode(["hello world"])              # doctest: +SKIP
+    >>> lm.token_logprobs(torch.tensor(ids)).shape    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from audit.findings import SubjectIdentity
+
+__all__ = ["HFTextGenerator", "Subject", "TextGenerator", "missing_capabilities"]
+
+
+class Subject:
+    """Base of every subject adapter."""
+
+    kind: ClassVar[str] = ""
+    capabilities: frozenset[str] = frozenset()
+    identity: SubjectIdentity
+    device: Any = "cpu"
+
+    def close(self) -> None:
+        """Release memory held by the subject (called by the runner at the end)."""
+
+
+def missing_capabilities(subject: Any, probe: Any) -> str | None:
+    """Why ``probe`` cannot run on ``subject``, or None if it can."""
+    applies = tuple(getattr(probe, "applies_to", ()) or ())
+    kind = getattr(subject, "kind", "")
+    if applies and kind not in applies:
+        return f"applies to {', '.join(applies)} subjects; this subject is a {kind}"
+    needed = set(getattr(probe, "requires", ()) or ())
+    lacking = sorted(needed - set(getattr(subject, "capabilities", ())))
+    if lacking:
+        return f"needs the subject capabilities {', '.join(lacking)}, which this {kind} does not offer"
+    return None
+
+
+class TextGenerator(Subject):
+    """A language model: tokenise text, score tokens, generate continuations.
+
+    Capabilities: ``tokenize``, ``token_logprobs``, ``generate``.
+    """
+
+    kind: ClassVar[str] = "text-generator"
+    capabilities = frozenset({"tokenize", "token_logprobs", "generate"})
+
+    #: Token prepended so that the first token of a text is scored too (None if the model has none).
+    bos_token_id: int | None = None
+    #: Padding id used to batch sequences of different lengths.
+    pad_token_id: int = 0
+    #: Longest sequence the model accepts (None if unknown).
+    max_context: int | None = None
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def token_logprobs(self, input_ids: Any, attention_mask: Any | None = None) -> Any:
+        """``out[b, t] = log p(input_ids[b, t+1] | input_ids[b, :t+1])``, float32, shape [B, T-1].
+
+        Batched and on ``self.device``; positions after the padding are meaningless and are
+        masked by the caller.
+        """
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+        """Continuations of ``prompts`` (greedy when temperature is 0)."""
+        raise NotImplementedError
+
+
+class HFTextGenerator(TextGenerator):
+    """A transformers causal LM and its tokenizer as a :class:`TextGenerator`."""
+
+    def __init__(self, model: Any, tokenizer: Any, identity: SubjectIdentity, *, device: Any = None):
+        import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if self.model.device != self.device:
+            self.model.to(self.device)
+        self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(tokenizer, "eos_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else 0
+        cfg = getattr(model, "config", None)
+        self.max_context = getattr(cfg, "max_position_embeddings", None)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_logprobs(self, input_ids: Any, attention_mask: Any | None = None) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        input_ids = input_ids.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            b, t, v = logits.shape
+            # cross_entropy is fused: no [B, T, V] log-softmax copy, float32 accumulation.
+            nll = F.cross_entropy(
+                logits[:, :-1].reshape(-1, v).float(), input_ids[:, 1:].reshape(-1), reduction="none"
+            )
+        return (-nll).view(b, t - 1)
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+        import torch
+
+        torch.manual_seed(seed)
+        out: list[str] = []
+        for prompt in prompts:  # one at a time: no left-padding subtleties across tokenizers
+            ids = self.tokenizer.encode(prompt, add_special_tokens=True, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                    top_p=None, top_k=None, pad_token_id=self.pad_token_id,
+                )
+            out.append(self.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+        return out
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
