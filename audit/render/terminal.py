@@ -117,13 +117,15 @@ def _banner(report: AuditReport) -> Panel:
     return Panel(body, title="genai-audit", title_align="left", border_style=STATUS_STYLES.get(status, ""), expand=True)
 
 
-def _gate_table(report: AuditReport) -> Table:
+def _gate_table(report: AuditReport) -> Group:
+    # The messages go under the table, not in a column: at 80 columns a message column
+    # squeezes the gate names into unreadable fragments.
     table = Table(title="Gates", title_justify="left", box=box.SIMPLE_HEAD, expand=True)
     table.add_column("Status", no_wrap=True)
-    table.add_column("Gate", overflow="fold", min_width=24, ratio=1)
+    table.add_column("Gate", overflow="fold", min_width=30, ratio=1)
     table.add_column("Value", justify="right", no_wrap=True)
     table.add_column("Bound", justify="right", no_wrap=True)
-    table.add_column("Message", overflow="fold", ratio=1)
+    notes: list[Text] = []
     for g in report.gates:
         style = {"failed": "red", "skipped": "dim"}.get(g.status, "")
         table.add_row(
@@ -131,10 +133,11 @@ def _gate_table(report: AuditReport) -> Table:
             _t(gate_label(g)),
             Text(format_number(g.value)),
             _t(describe_bound(g)),
-            _t(g.message),
             style=style,
         )
-    return table
+        if g.status != "passed":
+            notes.append(Text.assemble(_styled(g.status), " ", _plain(g.message), style=style))
+    return Group(table, *notes) if notes else Group(table)
 
 
 def _headline(report: AuditReport, limit: int) -> tuple[Sequence[Finding], int]:
@@ -151,7 +154,7 @@ def _findings_table(report: AuditReport, limit: int) -> Table:
     shown, hidden = _headline(report, limit)
     table = Table(title="Findings", title_justify="left", box=box.SIMPLE_HEAD, expand=True)
     table.add_column("", no_wrap=True, width=1)
-    table.add_column("Finding", overflow="fold", ratio=5)
+    table.add_column("Finding", overflow="fold", ratio=5, min_width=36)
     table.add_column("Value", justify="right", no_wrap=True)
     table.add_column("Interval", justify="right", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)

@@ -1,0 +1,62 @@
+"""A contract test over every registered probe (built-in and entry points): it runs on a
+tiny fake subject and returns findings that round-trip through the report's JSON.
+
+A new probe must add its fake subject and inputs to FAKES, or this test fails for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from audit.findings import AuditReport, Finding, SubjectIdentity
+from audit.probe import ProbeContext, build_probe, probe_info, registry
+from tests.fakes import tiny_text_generator
+
+
+def _perplexity_inputs(tmp_path):
+    p = tmp_path / "texts.jsonl"
+    p.write_text("".join(json.dumps({"id": f"d{i}", "genre": "g", "text": f"Doc {i}: the quick brown fox."}) + "\n"
+                         for i in range(4)), encoding="utf-8")
+    return tiny_text_generator(), {"texts": p}, {"max_length": 8, "stride": 4, "n_resamples": 200}
+
+
+FAKES = {
+    "quality.perplexity": _perplexity_inputs,
+}
+
+BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))
+
+
+def test_every_builtin_probe_has_a_fake():
+    assert sorted(FAKES) == BUILTIN
+
+
+@pytest.mark.parametrize("probe_id", BUILTIN)
+def test_probe_contract(probe_id, tmp_path):
+    info = probe_info(probe_id)
+    assert info.summary and info.summary[0].isupper(), "the docstring's first line is the summary"
+    assert info.applies_to, "a probe names the subject kinds it applies to"
+    cls = registry.get(probe_id)
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
+    build_probe(probe_id, {})  # defaults are valid
+
+    subject, data, params = FAKES[probe_id](tmp_path)
+    probe = build_probe(probe_id, params)
+    ctx = ProbeContext(device="cpu", seed=0, data=data, cache_dir=tmp_path / "cache", probe_id=probe_id)
+    findings = probe.run(subject, ctx)
+    assert findings and all(isinstance(f, Finding) for f in findings)
+    keys = [f.key for f in findings]
+    assert len(keys) == len(set(keys)), "finding keys are unique within a probe"
+    for f in findings:
+        assert f.probe == probe_id and f.metric and isinstance(f.higher_is_better, bool)
+        if f.ci is not None and not math.isnan(f.value):
+            assert f.ci.low <= f.ci.high and f.ci.method
+        assert f.n is None or f.n >= 0
+    report = AuditReport(name="contract", findings=tuple(findings),
+                         subject=SubjectIdentity(name="fake", kind=subject.kind, source="python"))
+    text = report.to_json()
+    assert AuditReport.from_json(text).to_json() == text
