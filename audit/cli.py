@@ -264,6 +264,31 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
+#: Commands that live beside the core ("module:attr" of a click command), added when their
+#: module is installed. The dashboard, for one, never imports the probes.
+OPTIONAL_COMMANDS: tuple[str, ...] = ()
+
+
+def _add_optional_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for entry in OPTIONAL_COMMANDS:
+        module, _, attr = entry.partition(":")
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            continue
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            found = None
+        if found is None:
+            continue
+        cli.add_command(getattr(importlib.import_module(module), attr))
+
+
+_add_optional_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns our errors into one line and an exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -19,7 +19,15 @@ from typing import Any, ClassVar
 
 from audit.findings import SubjectIdentity
 
-__all__ = ["HFTextGenerator", "Subject", "TextGenerator", "missing_capabilities"]
+__all__ = [
+    "Classifier",
+    "Encoder",
+    "HFTextGenerator",
+    "ImageGenerator",
+    "Subject",
+    "TextGenerator",
+    "missing_capabilities",
+]
 
 
 class Subject:
@@ -145,3 +153,65 @@ class HFTextGenerator(TextGenerator):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+
+
+class ImageGenerator(Subject):
+    """Makes images: ``generate`` yields uint8 NCHW batches (values 0..255) on the CPU or device.
+
+    Capabilities: ``generate_images``; ``prompts`` when the subject is text-to-image (it
+    takes prompts, or a folder carries them in ``prompts.jsonl``).
+    """
+
+    kind: ClassVar[str] = "image-generator"
+    capabilities = frozenset({"generate_images"})
+    #: Prompts that came with the subject (a folder's prompts.jsonl), else None.
+    prompts: list[str] | None = None
+    #: How many images the subject can give (a folder's size), or None when unlimited.
+    num_images: int | None = None
+
+    def generate(self, n: int | None = None, *, prompts: Sequence[str] | None = None, seed: int = 0,
+                 batch_size: int = 64) -> Any:
+        """An iterator of uint8 tensors [B, C, H, W]; ``n`` images, or one per prompt."""
+        raise NotImplementedError
+
+
+class Classifier(Subject):
+    """A differentiable classifier: ``logits(x)`` for inputs in ``input_range``.
+
+    The adapter owns the input range and the normalisation (mean/std), so attacks work in
+    the declared input space. Detectors (real vs generated) are classifiers with
+    ``class_names`` such as ``("real", "fake")``.
+
+    Capabilities: ``logits``, ``gradients``.
+    """
+
+    kind: ClassVar[str] = "classifier"
+    capabilities = frozenset({"logits", "gradients"})
+    input_shape: tuple[int, ...] = ()
+    input_range: tuple[float, float] = (0.0, 1.0)
+    num_classes: int = 0
+    class_names: tuple[str, ...] | None = None
+    #: The torch module mapping inputs in ``input_range`` to logits (normalisation inside).
+    model: Any = None
+
+    def logits(self, x: Any) -> Any:
+        """Logits [N, num_classes] for inputs [N, *input_shape] in ``input_range``; differentiable."""
+        return self.model(x)
+
+
+class Encoder(Subject):
+    """Embeds text and/or images (a judge model: CLIP, sentence encoders).
+
+    Capabilities: ``embed_text`` and/or ``embed_image``.
+    """
+
+    kind: ClassVar[str] = "encoder"
+    capabilities = frozenset({"embed_text"})
+
+    def embed_text(self, texts: Sequence[str], *, batch_size: int = 64) -> Any:
+        """Float tensor [N, D], one embedding per text (not normalised)."""
+        raise NotImplementedError
+
+    def embed_image(self, images: Any, *, batch_size: int = 64) -> Any:
+        """Float tensor [N, D] for uint8 NCHW images."""
+        raise NotImplementedError
