@@ -191,13 +191,23 @@ def list_probes(as_json: bool) -> None:
               help="Folder for the demo's reports.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: cuda if present].")
 @click.option("--no-store", is_flag=True, help="Do not ingest the report into the store.")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only the demo audits whose name contains NAME (repeatable).")
 @_store_option
-def demo(out: Path, device: str | None, no_store: bool, store_url: str | None) -> None:
+def demo(out: Path, device: str | None, no_store: bool, only: tuple[str, ...], store_url: str | None) -> None:
     """Audit real small models from the offline bundles: every probe, end to end."""
-    from audit.demo import build_demo_specs
+    from audit.demo import DEMO_PARTS, build_demo_specs
     from audit.runner import default_cache_dir
 
-    specs = build_demo_specs(out, workdir=default_cache_dir() / "demo")
+    # Match --only against the parts' entries first, so unselected parts train nothing.
+    parts = tuple(p for p in DEMO_PARTS if any(o in p for o in only)) or DEMO_PARTS
+    specs = build_demo_specs(out, workdir=default_cache_dir() / "demo", parts=parts)
+    if only:
+        names = [s.name for s, _ in specs]
+        specs = [(s, f) for s, f in specs if any(o in s.name for o in only)]
+        if not specs:
+            raise AuditError(f"--only {', '.join(only)}: no demo audit matches; the demo audits are: "
+                             f"{', '.join(names)}")
     codes = []
     for spec, folder in specs:
         click.echo(f"== {spec.name}: spec in {folder / 'audit.yaml'} (copy it to audit your own model)")
