@@ -134,7 +134,8 @@ def check(report_path: Path, baseline: str | None, spec_path: Path | None, junit
         except Exception as exc:
             raise AuditError(f"{report_path}: the gates recorded in the report are invalid: {exc}") from None
     base = _load_baseline(baseline)
-    report = report.with_gates(evaluate_gates(gates, report.findings, base.findings if base else None))
+    report = report.with_gates(evaluate_gates(gates, report.findings, base.findings if base else None,
+                                              probes=report.probes))
     print_scorecard(report, _console())
     if junit is not None:
         atomic_write_text(junit, render_junit(report))
@@ -309,9 +310,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_INVALID if exc.exit_code == 2 else exc.exit_code)
-    except click.exceptions.Abort:
-        _echo_err("aborted")
+        sys.exit(EXIT_INVALID)  # usage and file errors are invalid input; never 1 (a gate failed)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort when not in standalone mode.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _echo_err("interrupted; rerun with --resume to reuse the finished probes")
+        else:
+            _echo_err("aborted")
         sys.exit(130)
     except AuditError as exc:
         if _State.debug:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from audit.findings import AuditReport, Finding, Interval
+from audit.stats import intervals_overlap
 from audit.render import format_interval, format_number, format_value
 
 if TYPE_CHECKING:
@@ -66,16 +67,6 @@ class FindingChange:
     relative: float | None
     direction: Direction
     beyond_intervals: bool | None
-
-
-def intervals_overlap(a: Interval, b: Interval) -> bool:
-    """Whether two closed intervals share at least one point (touching counts as overlap).
-
-    Example:
-        >>> intervals_overlap(Interval(0, 1, "m"), Interval(1, 2, "m")), intervals_overlap(Interval(0, 1, "m"), Interval(1.5, 2, "m"))
-        (True, False)
-    """
-    return a.low <= b.high and b.low <= a.high
 
 
 def compare_findings(before: Finding | None, after: Finding | None) -> FindingChange:

@@ -179,10 +179,14 @@ class AuditReport:
 
     # -- derived views -------------------------------------------------------------------
     @property
-    def status(self) -> Literal["passed", "failed", "crashed"]:
-        """``crashed`` if a probe failed, else ``failed`` if a gate failed, else ``passed``."""
-        if any(p.status == "failed" for p in self.probes.values()):
+    def status(self) -> Literal["passed", "failed", "invalid", "crashed"]:
+        """``crashed`` if a probe crashed, ``invalid`` if a probe failed on invalid input,
+        else ``failed`` if a gate failed, else ``passed`` (the order of :attr:`exit_code`)."""
+        failed = [p for p in self.probes.values() if p.status == "failed"]
+        if any(p.error_kind != "input" for p in failed):
             return "crashed"
+        if failed:
+            return "invalid"
         if any(g.status == "failed" for g in self.gates):
             return "failed"
         return "passed"
@@ -306,6 +310,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would (reports are read
+        # by CI uploaders and dashboards running as other users).
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -23,9 +23,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from audit.findings import Finding, GateResult, format_slice
+from audit.findings import Finding, GateResult, ProbeStatus, format_slice
 from audit.probe import did_you_mean
 from audit.spec import GateSpec, parse_metric_ref
 from audit.stats import intervals_overlap
@@ -120,17 +120,26 @@ def _regression(gate: GateSpec, f: Finding, base: Finding) -> GateResult:
 
 
 def evaluate_gate(gate: GateSpec, findings: Sequence[Finding],
-                  baseline: Sequence[Finding] | None = None) -> list[GateResult]:
+                  baseline: Sequence[Finding] | None = None,
+                  probes: Mapping[str, ProbeStatus] | None = None) -> list[GateResult]:
     """Evaluate one gate; returns one result for the bound and one for the regression
-    limit when the gate has both."""
+    limit when the gate has both. ``probes`` (the report's probe statuses) lets the
+    message of a gate without its finding say why: the probe failed or was skipped."""
     key = canonical_key(gate.metric)
     by_key = {f.key: f for f in findings}
     f = by_key.get(key)
     out: list[GateResult] = []
     has_bound = gate.min is not None or gate.max is not None
     if f is None:
-        hint = did_you_mean(key, by_key)
-        return [_result(gate, "failed", f"{key}: no such finding in the report.{hint}")]
+        probe_id = parse_metric_ref(gate.metric)[0]
+        st = (probes or {}).get(probe_id)
+        if st is not None and st.status == "failed":
+            why = f"probe {probe_id} failed: {(st.error or '').splitlines()[0] if st.error else 'no error recorded'}"
+        elif st is not None and st.status == "skipped":
+            why = f"probe {probe_id} was skipped: {st.reason}"
+        else:
+            why = f"no such finding in the report.{did_you_mean(key, by_key)}"
+        return [_result(gate, "failed", f"{key}: {why}")]
     if has_bound:
         out.append(_absolute(gate, f))
     if gate.is_regression:
@@ -146,9 +155,10 @@ def evaluate_gate(gate: GateSpec, findings: Sequence[Finding],
 
 
 def evaluate_gates(gates: Iterable[GateSpec], findings: Sequence[Finding],
-                   baseline: Sequence[Finding] | None = None) -> tuple[GateResult, ...]:
+                   baseline: Sequence[Finding] | None = None,
+                   probes: Mapping[str, ProbeStatus] | None = None) -> tuple[GateResult, ...]:
     """Evaluate every gate against ``findings`` (and ``baseline`` findings for regressions)."""
     out: list[GateResult] = []
     for g in gates:
-        out.extend(evaluate_gate(g, findings, baseline))
+        out.extend(evaluate_gate(g, findings, baseline, probes))
     return tuple(out)

@@ -220,7 +220,8 @@ def _load_hf_text_generator(spec: SubjectSpec, base_dir: Path, device: torch.dev
     else:
         folder, commit = _hub_snapshot(spec)
         weights = None
-        revision, source = spec.revision or commit, spec.path
+        # The resolved commit tells two releases apart; a ref like "main" does not.
+        revision, source = commit or spec.revision, spec.path
 
     model, tokenizer = _from_pretrained(
         source, spec=spec, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
@@ -323,8 +324,11 @@ def _load_gguf_text_generator(spec: SubjectSpec, base_dir: Path, device: torch.d
 def _check_gguf_file(path: Path) -> None:
     if not path.is_file():
         raise InputError(f"model path not found: {path}")
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise InputError(f"cannot read the GGUF file {path}: {exc.strerror or exc}") from None
     if magic != _GGUF_MAGIC:
         raise InputError(f"not a valid GGUF file: {path} (it starts with {magic!r}, not the GGUF magic b'GGUF')")
 
@@ -598,7 +602,11 @@ def _check_safetensors(path: Path) -> None:
     def bad(reason: str) -> InputError:
         return InputError(f"corrupt safetensors file: {path} ({reason}); re-download or re-export it")
 
-    with open(path, "rb") as fh:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise InputError(f"cannot read the weights file {path}: {exc.strerror or exc}") from None
+    with fh:
         head = fh.read(8)
         if len(head) < 8:
             raise bad(f"{size} bytes, shorter than the 8-byte header length")

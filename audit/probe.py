@@ -317,8 +317,10 @@ def _validate_param(tp: Any, value: Any) -> Any:
     # in a spec more often than an intent.
     if isinstance(value, str) and tp in (int, float, bool):
         TypeAdapter(tp).validate_python(value, strict=True)  # raises a ValidationError
-    if isinstance(value, float) and tp is bool or isinstance(value, (int, float)) and tp is bool and value not in (0, 1):
-        TypeAdapter(tp).validate_python(value, strict=True)
+    if tp is bool and not isinstance(value, bool):
+        TypeAdapter(tp).validate_python(value, strict=True)  # 1/0 are not booleans here
+    if tp in (int, float) and isinstance(value, bool):
+        TypeAdapter(tp).validate_python(value, strict=True)  # `max_length: true` is a typo
     return TypeAdapter(tp).validate_python(value)
 
 

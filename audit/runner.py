@@ -155,11 +155,53 @@ class _Partial:
         atomic_write_text(self._probe_path(probe_id), json.dumps(jsonable(data)))
 
 
+def _inputs_digest(spec: AuditSpec) -> dict[str, str]:
+    """sha256 of each data input (a folder: of its files' names and contents), so that a
+    resumed run can refuse inputs that changed since it was interrupted."""
+    from audit.loading import sha256_file
+
+    out: dict[str, str] = {}
+    for name, path in sorted(spec.data_paths().items()):
+        if path.is_dir():
+            h = hashlib.sha256()
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode())
+            out[name] = h.hexdigest()
+        elif path.is_file():
+            out[name] = sha256_file(path)
+    return out
+
+
 def _check_inputs(spec: AuditSpec) -> None:
     """Fail before the (slow) model load when a named data input does not exist."""
     for name, path in spec.data_paths().items():
         if not path.exists():
             raise InputError(f"data input '{name}' not found: {path} (from the spec's `data.{name}`)")
+
+
+def run_probe_checks(spec: AuditSpec, probes: Sequence[Any], data: dict[str, Path]) -> None:
+    """Let probes check their inputs (``check_inputs(ctx)``, optional) before the model loads,
+    so an empty or undecodable corpus is reported in a second, not after a long load."""
+    for pspec, probe in zip(spec.probes, probes):
+        check = getattr(probe, "check_inputs", None)
+        if check is not None:
+            check(ProbeContext(data=data, probe_id=pspec.id, seed=spec.settings.seed))
+
+
+def _audit_energy(statuses: dict[str, ProbeStatus]) -> dict[str, Any]:
+    """The audit's energy: the sum of what was measured, labelled for what was not."""
+    ran = {pid: st for pid, st in statuses.items() if st.status != "skipped" and st.energy}
+    measured = {pid: st.energy["joules"] for pid, st in ran.items()
+                if st.energy.get("joules") is not None}
+    unmeasured = sorted(pid for pid, st in ran.items() if st.energy.get("kind") != "measured")
+    if not measured:
+        return {"joules": None, "kind": "unavailable", "unmeasured": unmeasured,
+                "note": "no probe's energy could be measured on this machine"}
+    kind = "partial" if unmeasured else "measured"
+    note = "sum of the probes' measured energy"
+    if unmeasured:
+        note += f"; not measured (or only in part) for: {', '.join(unmeasured)}"
+    return {"joules": float(sum(measured.values())), "kind": kind, "unmeasured": unmeasured, "note": note}
 
 
 def _validate_findings(probe_id: str, result: Any) -> list[Finding]:
@@ -205,25 +247,37 @@ def run_audit(
     say = on_event or (lambda msg: log.info(msg))
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     _check_inputs(spec)
     probes = spec.build_probes()
     partial = _Partial(out)
     fingerprint = spec.fingerprint()
+    inputs = _inputs_digest(spec)
     run_info = partial.load_run() if resume else None
     if run_info is not None and run_info.get("fingerprint") != fingerprint:
         raise InputError(
             f"{out}: the unfinished run there was made from a different spec (fingerprint "
             f"{run_info.get('fingerprint')} != {fingerprint}); run without --resume, or use another --out"
         )
+    if run_info is not None and run_info.get("inputs") != inputs:
+        changed = sorted(k for k in set(inputs) | set(run_info.get("inputs", {}))
+                         if inputs.get(k) != run_info.get("inputs", {}).get(k))
+        raise InputError(
+            f"{out}: the data input(s) {', '.join(changed)} changed since the unfinished run; "
+            f"its findings would not describe them. Run without --resume."
+        )
     if run_info is None:
         partial.clear()
         import uuid
 
-        run_info = {"run_id": uuid.uuid4().hex, "fingerprint": fingerprint,
+        run_info = {"run_id": uuid.uuid4().hex, "fingerprint": fingerprint, "inputs": inputs,
                     "created_at": AuditReport.__dataclass_fields__["created_at"].default_factory()}
         partial.save_run(run_info)
+    run_probe_checks(spec, probes, spec.data_paths())
 
     from audit.loading import resolve_device
 
@@ -245,6 +299,12 @@ def run_audit(
                 from audit.loading import load_subject as loader
             subject = loader(spec.subject, base_dir=Path(spec.base_dir), device=str(dev), cache_dir=cache)
             timings["load_subject_s"] = time.perf_counter() - t0
+            if identity is not None and identity.files != subject.identity.files:
+                # Resumed findings were measured on other weights: mixing them would misreport.
+                raise InputError(
+                    f"{out}: the model's weight files changed since the unfinished run "
+                    f"(sha256 differs); run without --resume"
+                )
             identity = subject.identity
             partial.save_run({**run_info, "subject": dataclasses.asdict(identity)})
         return subject
@@ -310,7 +370,7 @@ def run_audit(
         if subject is not None:
             subject.close()
 
-    total_j = [s.energy.get("joules") for s in statuses.values() if s.energy.get("joules") is not None]
+    energy = _audit_energy(statuses)
     timings["total_s"] = time.perf_counter() - t_start
     report = AuditReport(
         name=spec.name,
@@ -322,20 +382,19 @@ def run_audit(
         spec=spec.as_dict(),
         environment=environment_info(dev),
         timings=timings,
-        energy={
-            "joules": sum(total_j) if total_j else None,
-            "kind": "measured" if total_j else "unavailable",
-            "note": "sum of the probes' measured energy" if total_j
-            else "no probe's energy could be measured on this machine",
-        },
+        energy=energy,
         run_id=run_info["run_id"],
         created_at=run_info["created_at"],
     )
     report = report.with_gates(evaluate_gates(spec.gates, report.findings,
-                                              baseline.findings if baseline else None))
+                                              baseline.findings if baseline else None,
+                                              probes=report.probes))
     from audit.render import write_reports
 
-    files = write_reports(report, out)
+    try:
+        files = write_reports(report, out)
+    except OSError as exc:
+        raise InputError(f"cannot write the reports into {out}: {exc.strerror or exc}") from None
     partial.clear()
     store_error = stored_in = None
     if use_store:

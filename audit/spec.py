@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from audit.errors import SpecError
 from audit.probe import build_probe, did_you_mean
@@ -111,7 +111,12 @@ class AuditSpec(_Frozen):
     probes: tuple[ProbeSpec, ...] = Field(min_length=1)
     gates: tuple[GateSpec, ...] = ()
     settings: Settings = Field(default_factory=Settings)
-    base_dir: str = Field(default=".", description="folder relative paths are resolved against")
+    # The spec file's folder: relative paths are resolved against it. Not a key of the file.
+    _base_dir: str = PrivateAttr(default=".")
+
+    @property
+    def base_dir(self) -> str:
+        return self._base_dir
 
     @model_validator(mode="after")
     def _cross_checks(self) -> AuditSpec:
@@ -138,9 +143,7 @@ class AuditSpec(_Frozen):
         return {k: self.resolve(v) for k, v in self.data.items()}
 
     def as_dict(self) -> dict[str, Any]:
-        d = self.model_dump(mode="json")
-        d.pop("base_dir", None)
-        return d
+        return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
         """A hash of what determines the results (not the name or the gates)."""
@@ -213,6 +216,25 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that reads floats as YAML 1.2 does: PyYAML (YAML 1.1) reads ``1e-3`` as a
+    string, which would turn ``eps: 1e-3`` into a type error."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_spec(path: str | Path) -> AuditSpec:
     """Read, validate and freeze an audit spec; probe parameters are checked by each probe."""
     p = Path(path)
@@ -233,7 +255,7 @@ def load_spec(path: str | Path) -> AuditSpec:
             raise SpecError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -246,7 +268,6 @@ def spec_from_dict(data: Any, *, source: str = "<spec>", base_dir: str | Path = 
     if not isinstance(data, dict):
         got = "an empty file" if data is None else type(data).__name__
         raise SpecError(f"{source}: expected a mapping with name, subject and probes at the top level, got {got}")
-    data = {**data, "base_dir": str(base_dir)}
     # Unknown probe ids first: other errors (a gate naming the probe) follow from that typo.
     from audit.probe import registry
 
@@ -261,5 +282,6 @@ def spec_from_dict(data: Any, *, source: str = "<spec>", base_dir: str | Path = 
         spec = AuditSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_format_validation_error(source, exc)) from None
+    spec._base_dir = str(base_dir)
     spec.build_probes(source=source)  # each probe validates its own parameters
     return spec

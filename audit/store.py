@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 REPORT_FILES = ("report.json", "report.html", "report.md", "junit.xml")
 """The files of a report folder that :meth:`ReportStore.ingest` copies into the store."""
 
-_STATUSES = ("passed", "failed", "crashed")
+_STATUSES = ("passed", "failed", "invalid", "crashed")
 _BUSY_TIMEOUT_S = 30.0
 _LOCK_RETRIES = 6
 # A run id becomes a folder name under reports/; anything else could escape that folder.

@@ -127,12 +127,12 @@ class HFTextGenerator(TextGenerator):
             attention_mask = attention_mask.to(self.device)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            b, t, v = logits.shape
-            # cross_entropy is fused: no [B, T, V] log-softmax copy, float32 accumulation.
+            # Classes on dim 1 of a transposed view: no reshaped copy of the [B, T, V] logits
+            # (0.8 GB at B=8, T=512, V=49k); only cross_entropy's own softmax buffer.
             nll = F.cross_entropy(
-                logits[:, :-1].reshape(-1, v).float(), input_ids[:, 1:].reshape(-1), reduction="none"
+                logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none"
             )
-        return (-nll).view(b, t - 1)
+        return -nll
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32,
                  temperature: float = 0.0, seed: int = 0) -> list[str]:

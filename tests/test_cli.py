@@ -123,11 +123,13 @@ BAD_INPUTS = {
                                                             "path": str(t / "no-model")}),
                            "model path not found"),
     "corrupt gguf": (lambda t: write_spec(t, subject=corrupt_gguf(t)), "not a valid GGUF file"),
-    "corrupt safetensors": (lambda t: write_spec(t, subject=corrupt_safetensors(t)), "model.safetensors"),
+    "corrupt safetensors": (lambda t: write_spec(t, subject=corrupt_safetensors(t)),
+                            "corrupt safetensors file"),
     "missing corpus": (lambda t: _text(t, write_spec(t).read_text().replace("corpus.jsonl", "gone.jsonl")),
                        "data input 'texts' not found"),
-    "empty corpus": (lambda t: write_spec(t, corpus=[]), "corpus.jsonl"),
-    "undecodable corpus": (lambda t: _bad_bytes(t), "UTF-8"),
+    "empty corpus": (lambda t: write_spec(t, corpus=[]), "corpus.jsonl: empty corpus"),
+    "undecodable corpus": (lambda t: _bad_bytes(t), "not UTF-8 text: byte 0xe9"),
+    "unwritable output": (lambda t: write_spec(t), "cannot create the output folder"),
 }
 
 
@@ -147,7 +149,11 @@ def _bad_bytes(tmp_path: Path) -> Path:
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, capsys, case):
     make, expected = BAD_INPUTS[case]
     spec = make(tmp_path)
-    code, out, err = invoke(capsys, "run", spec, "--out", tmp_path / "out", "--no-store", "-q")
+    out_dir = tmp_path / "out"
+    if case == "unwritable output":
+        (tmp_path / "blocker").write_text("a file where a folder must go")
+        out_dir = tmp_path / "blocker" / "out"
+    code, out, err = invoke(capsys, "run", spec, "--out", out_dir, "--no-store", "-q")
     assert code == 2, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
     errors = [line for line in err.splitlines() if line.startswith("error:")]

@@ -93,15 +93,17 @@ def test_spec_device_overrides_the_argument(tmp_path):
         load_subject(_spec("python", "tests.fakes:make_text_generator", device="nonsense"), cache_dir=tmp_path)
 
 
-@pytest.mark.parametrize(("kind", "source"), [("classifier", "hf"), ("text-generator", "torchscript")])
+@pytest.mark.parametrize(("kind", "source"), [("encoder", "gguf"), ("text-generator", "torchscript")])
 def test_unsupported_kind_or_source_is_a_spec_error(tmp_path, kind, source):
     spec = SubjectSpec(kind=kind, source=source, path="x")
     with pytest.raises(SpecError) as info:
         _load(spec, tmp_path)
-    assert str(info.value) == (
-        f"subject kind '{kind}' with source '{source}' is not supported yet; "
-        "supported: text-generator from hf, gguf, python"
-    )
+    message = str(info.value)
+    assert message.startswith(f"subject kind '{kind}' with source '{source}' is not supported yet; supported: ")
+    # The message lists what is supported, from the loader table itself.
+    assert "text-generator from hf, gguf, python" in message
+    for k, src in loading._LOADERS:
+        assert src in message and k in message
 
 
 # -- source: hf -----------------------------------------------------------------------------------

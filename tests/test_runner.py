@@ -136,3 +136,102 @@ def test_energy_and_timings_are_recorded(tmp_path):
         assert st.energy["joules"] is None  # never a silent zero
     assert r.timings["total_s"] > 0
     assert r.environment["packages"]["torch"]
+
+
+def test_reports_are_readable_by_others(tmp_path):
+    # mkstemp makes 0600 files; reports must get the umask's mode like any written file.
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        run(make_spec(tmp_path, ["test.constant"]), tmp_path / "out", use_store=False)
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "out" / "report.json").stat().st_mode)
+    assert mode == 0o644
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    tp.CALLS["interrupt-armed"] = 1
+    data = tmp_path / "texts.txt"
+    data.write_text("one\n\ntwo\n")
+    spec = make_spec(tmp_path, ["test.constant", "test.interrupt"], data={"texts": "texts.txt"})
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, out)
+    data.write_text("one\n\ntwo changed\n")
+    with pytest.raises(InputError, match="data input.*texts changed"):
+        run(spec, out, resume=True)
+
+
+def test_resume_refuses_changed_weights(tmp_path):
+    import dataclasses
+
+    from audit.findings import FileHash
+
+    tp.CALLS["interrupt-armed"] = 1
+    spec = make_spec(tmp_path, ["test.constant", "test.interrupt"])
+    out = tmp_path / "out"
+
+    def loader_with(digest):
+        def load(s, **kw):
+            lm = tiny_text_generator()
+            lm.identity = dataclasses.replace(lm.identity, files=(FileHash("w.safetensors", digest, 1),))
+            return lm
+        return load
+
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, out, subject_loader=loader_with("a" * 64))
+    with pytest.raises(InputError, match="weight files changed"):
+        run(spec, out, resume=True, subject_loader=loader_with("b" * 64))
+
+
+def test_audit_energy_is_labelled_partial_when_part_was_not_measured():
+    from audit.findings import ProbeStatus
+    from audit.runner import _audit_energy
+
+    statuses = {
+        "a": ProbeStatus("ok", energy={"joules": 5.0, "kind": "measured"}),
+        "b": ProbeStatus("ok", energy={"joules": None, "kind": "unavailable"}),
+        "c": ProbeStatus("skipped", reason="n/a"),
+    }
+    e = _audit_energy(statuses)
+    assert e["joules"] == 5.0 and e["kind"] == "partial" and e["unmeasured"] == ["b"]
+    e = _audit_energy({"b": statuses["b"]})
+    assert e["joules"] is None and e["kind"] == "unavailable"
+    e = _audit_energy({"a": statuses["a"]})
+    assert e["kind"] == "measured"
+
+
+def test_invalid_input_status_and_gate_message(tmp_path):
+    spec = make_spec(tmp_path, ["test.bad_input"], gates=[{"metric": "test.bad_input/score", "min": 1}])
+    r = run(spec, tmp_path / "out").report
+    assert r.status == "invalid" and r.exit_code == 2
+    (g,) = r.gates
+    assert g.status == "failed" and "probe test.bad_input failed: corpus.txt: no documents" in g.message
+
+
+def test_probe_input_checks_run_before_the_model_loads(tmp_path):
+    from dataclasses import dataclass
+
+    from audit.probe import registry
+
+    @dataclass(frozen=True)
+    class Checked:
+        """Checks its inputs first (test probe)."""
+
+        applies_to = ("text-generator",)
+
+        def check_inputs(self, ctx):
+            raise InputError("texts: empty corpus")
+
+        def run(self, subject, ctx):
+            return []
+
+    registry.register("test.checked", Checked, replace=True)
+    loaded = []
+    with pytest.raises(InputError, match="empty corpus"):
+        run(make_spec(tmp_path, ["test.checked"]), tmp_path / "out",
+            subject_loader=lambda *a, **k: loaded.append(1))
+    assert loaded == []

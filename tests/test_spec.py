@@ -119,3 +119,21 @@ def test_spec_from_python_dict():
         "name": "x", "subject": {"kind": "encoder", "source": "hf", "path": "m"},
         "probes": [{"id": "quality.perplexity"}]})
     assert spec.settings.seed == 0 and spec.gates == ()
+
+
+def test_yaml_floats_and_booleans(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; the spec loader reads it as the float it is.
+    from audit.spec import _SpecLoader
+    import yaml
+
+    assert yaml.load("eps: 1e-3", Loader=_SpecLoader) == {"eps": 0.001}
+    p = write(tmp_path, GOOD.replace("max_length: 64", "max_length: true"))
+    with pytest.raises(SpecError, match="params.max_length: expected an integer, got True"):
+        load_spec(p)
+
+
+def test_base_dir_is_not_a_spec_key(tmp_path):
+    p = write(tmp_path, GOOD + "base_dir: /etc\n")
+    with pytest.raises(SpecError, match="base_dir: unknown key"):
+        load_spec(p)
+    assert load_spec(write(tmp_path, GOOD, "ok.yaml")).base_dir == str(tmp_path)

@@ -54,7 +54,7 @@ def _row(*cells: str) -> str:
 
 
 def _status_word(status: str) -> str:
-    return f"**{status.upper()}**" if status in ("failed", "crashed") else status.upper()
+    return f"**{status.upper()}**" if status in ("failed", "invalid", "crashed") else status.upper()
 
 
 def render_markdown(report: AuditReport, *, max_findings: int = 60) -> str:

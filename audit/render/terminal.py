@@ -37,6 +37,7 @@ STATUS_STYLES = {
     "ok": "green",
     "failed": "bold red",
     "crashed": "bold magenta",
+    "invalid": "bold magenta",
     "skipped": "yellow",
 }
 
