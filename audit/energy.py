@@ -9,6 +9,12 @@ never added to measurements.
   Volta and newer), for the GPUs this process uses.
 * :class:`RaplMeter`: the CPU packages' RAPL counters under ``/sys/class/powercap``.
 * :class:`CompositeMeter` runs several; :func:`default_meter` picks them for a device.
+* :class:`CodecarbonCpuMeter`: codecarbon's offline CPU model, an ``estimate`` (labelled, kept
+  apart); :class:`FallbackCpuMeter` uses it only when RAPL cannot be read.
+* :func:`measure_idle` (the idle baseline: gross and idle-subtracted energy) and
+  :func:`measure_window` (windows of at least a second holding many calls, synchronised).
+* :class:`NvmlPowerSampler` and :func:`integrate_power`: sampled power x time, to
+  cross-check the counter (``bench/bench_energy.py``).
 
 Both counters see the whole device, including other processes: on a shared machine the
 joules are an upper bound of what the audited work used. Readings say so in ``reason``.
@@ -37,14 +43,24 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "CPU_UNAVAILABLE_REASON",
+    "ESTIMATE_LABEL",
+    "CodecarbonCpuMeter",
     "CompositeMeter",
     "EnergyReading",
+    "FallbackCpuMeter",
+    "IdleBaseline",
     "Measurement",
     "Meter",
     "NvmlMeter",
+    "NvmlPowerSampler",
+    "PowerTrace",
     "RaplMeter",
+    "Window",
     "default_meter",
     "hardware_info",
+    "integrate_power",
+    "measure_idle",
+    "measure_window",
     "summarize",
 ]
 
@@ -646,21 +662,32 @@ class CompositeMeter(_MeterBase):
         self._started, self._errors, self._running = [], [], False
         return readings
 
+    def close(self) -> None:
+        """Release what the meters hold between windows (e.g. codecarbon's tracker)."""
+        for meter in self.meters:
+            close = getattr(meter, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
 
 def _meter_device(meter: Meter) -> str:
     if isinstance(meter, NvmlMeter):
         return "GPU"
-    if isinstance(meter, RaplMeter):
+    if isinstance(meter, (RaplMeter, FallbackCpuMeter, CodecarbonCpuMeter)):
         return "CPU"
     return type(meter).__name__
 
 
-def default_meter(device: str, *, rapl_root: str | os.PathLike[str] = "/sys/class/powercap") -> CompositeMeter:
+def default_meter(device: str, *, rapl_root: str | os.PathLike[str] = "/sys/class/powercap",
+                  cpu_estimate: bool = False) -> CompositeMeter:
     """The meters for work on ``device``: NVML for a CUDA device, RAPL always.
 
     Args:
         device: a torch device string: ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         rapl_root: the powercap folder RAPL is read from.
+        cpu_estimate: when RAPL cannot be read, give codecarbon's offline estimate for the
+            CPU (``kind="estimate"``, labelled) instead of an ``unavailable`` reading.
 
     Returns:
         A meter whose CPU reading is ``unavailable`` (reason starting with
@@ -682,7 +709,8 @@ def default_meter(device: str, *, rapl_root: str | os.PathLike[str] = "/sys/clas
         else:
             ordinal = _current_cuda_device()
         meters.append(NvmlMeter(device_indices=[ordinal]))
-    meters.append(RaplMeter(root=rapl_root))
+    rapl = RaplMeter(root=rapl_root)
+    meters.append(FallbackCpuMeter(rapl) if cpu_estimate else rapl)
     return CompositeMeter(meters)
 
 
@@ -697,7 +725,7 @@ def _current_cuda_device() -> int:
 # -- summaries ------------------------------------------------------------------------------
 
 
-def summarize(readings: Sequence[EnergyReading]) -> dict[str, Any]:
+def summarize(readings: Sequence[EnergyReading], *, idle: IdleBaseline | None = None) -> dict[str, Any]:
     """One JSON-able summary of a window's readings.
 
     ``joules`` adds the measured readings only (None if none was measured); estimates are
@@ -706,6 +734,10 @@ def summarize(readings: Sequence[EnergyReading]) -> dict[str, Any]:
     ``unmeasured``), ``estimate`` when only estimates exist, else ``unavailable``.
     ``source`` and ``reason`` say the same in one line each (``"nvml+rapl"``; why each
     unmeasured device is not measured).
+
+    With an ``idle`` baseline, also ``gross_joules`` (= ``joules``), ``net_joules`` (idle
+    power x duration subtracted per device; None when unknown), ``idle_watts`` and
+    ``net_warnings``.
 
     Example:
         >>> gpu = EnergyReading(joules=12.0, kind="measured", source="nvml", duration_s=1.0, device="GPU 0")
@@ -727,7 +759,7 @@ def summarize(readings: Sequence[EnergyReading]) -> dict[str, Any]:
         kind = "unavailable"
     sources = sorted({r.source for r in readings if r.kind != "unavailable"})
     unmeasured = [r for r in readings if r.kind != "measured"]
-    return {
+    out = {
         "joules": math.fsum(r.joules for r in measured) if measured else None,  # type: ignore[misc]
         "kind": kind,
         "sources": sources,
@@ -739,25 +771,32 @@ def summarize(readings: Sequence[EnergyReading]) -> dict[str, Any]:
         "duration_s": max((r.duration_s for r in readings), default=0.0),
         "readings": [r.to_dict() for r in readings],
     }
+    if idle is not None:
+        net = idle.net(readings)
+        out.update(gross_joules=out["joules"], net_joules=net["joules"], idle_watts=dict(idle.watts),
+                   net_warnings=net["warnings"])
+    return out
 
 
 # -- hardware -------------------------------------------------------------------------------
 
 
-def hardware_info(*, cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> dict[str, Any]:
+def hardware_info(*, cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo",
+                  rapl_root: str | os.PathLike[str] = "/sys/class/powercap") -> dict[str, Any]:
     """What the audit ran on, for the report's environment.
 
     Returns:
-        ``{"cpu": {"model", "logical_cores", "machine"}, "gpus": [{"index", "name", "uuid",
-        "power_limit_w", "memory_total_gb"}], "gpu_driver": str | None, "nvml": None or why
-        NVML gave nothing}``.
+        ``{"cpu": {"model", "logical_cores", "machine", "energy_counter"}, "gpus": [{"index",
+        "name", "uuid", "power_limit_w", "memory_total_gb"}], "gpu_driver": str | None, "nvml":
+        None or why NVML gave nothing}``; ``energy_counter`` is ``"readable"`` or why RAPL is not.
 
     Example:
         >>> sorted(hardware_info())
         ['cpu', 'gpu_driver', 'gpus', 'nvml']
     """
     info: dict[str, Any] = {
-        "cpu": {"model": _cpu_model(Path(cpuinfo)), "logical_cores": os.cpu_count(), "machine": platform.machine()},
+        "cpu": {"model": _cpu_model(Path(cpuinfo)), "logical_cores": os.cpu_count(), "machine": platform.machine(),
+                "energy_counter": _rapl_status(Path(rapl_root))},
         "gpus": [],
         "gpu_driver": None,
         "nvml": None,
@@ -802,3 +841,465 @@ def _cpu_model(cpuinfo: Path) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def _rapl_status(root: Path = Path("/sys/class/powercap")) -> str:
+    """``"readable"`` or why RAPL cannot be read (for the hardware record)."""
+    meter = RaplMeter(root=root)
+    meter.start()
+    readings = meter.stop()
+    bad = [r for r in readings if r.kind != "measured"]
+    return "readable" if not bad else bad[0].reason or "not readable"
+
+
+# -- idle baseline --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IdleBaseline:
+    """Each measured device's power while nothing runs, to subtract from a window's energy.
+
+    Attributes:
+        watts: device name -> idle power in W, for the devices whose counter was read.
+        duration_s: how long the idle window was.
+        readings: the idle window's readings (kept for the report).
+        warnings: e.g. a counter that did not advance while idle.
+
+    Example:
+        >>> idle = IdleBaseline(watts={"GPU 0": 60.0}, duration_s=1.0)
+        >>> busy = EnergyReading(joules=500.0, kind="measured", source="nvml", duration_s=2.0, device="GPU 0")
+        >>> idle.net([busy])["joules"]   # 500 J - 60 W x 2 s
+        380.0
+    """
+
+    watts: dict[str, float]
+    duration_s: float
+    readings: tuple[EnergyReading, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def net(self, readings: Sequence[EnergyReading]) -> dict[str, Any]:
+        """Idle-subtracted energy of a window: ``gross - idle_watts x duration`` per device.
+
+        Returns:
+            ``{"joules": float | None, "by_device": {device: J}, "warnings": [...]}``; ``joules`` is
+            None when a measured device has no idle power (its net energy is unknown) or nothing
+            was measured. A device below its idle power is clipped to 0 J with a warning.
+        """
+        by_device: dict[str, float] = {}
+        warnings: list[str] = []
+        missing = []
+        for r in readings:
+            if r.kind != "measured":
+                continue
+            idle_w = self.watts.get(r.device)
+            if idle_w is None:
+                missing.append(r.device)
+                continue
+            net = r.joules - idle_w * r.duration_s  # type: ignore[operator]
+            if net < 0:
+                warnings.append(
+                    f"{r.device} used less than its idle power ({r.watts:.1f} W < {idle_w:.1f} W idle): "
+                    "net energy clipped to 0 J; the idle baseline may be noisy, use longer windows"
+                )
+                net = 0.0
+            by_device[r.device] = net
+        if missing:
+            warnings.append(f"no idle power for {', '.join(missing)}: net energy unknown")
+        joules = math.fsum(by_device.values()) if by_device and not missing else None
+        return {"joules": joules, "by_device": by_device, "warnings": warnings}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "watts": dict(self.watts),
+            "duration_s": self.duration_s,
+            "warnings": list(self.warnings),
+            "readings": [r.to_dict() for r in self.readings],
+        }
+
+
+def measure_idle(
+    meter: Meter, *, seconds: float = 1.0, synchronize: Any = None, sleep: Any = None
+) -> IdleBaseline:
+    """Measure each device's idle power: the meter over ``seconds`` of sleeping.
+
+    Args:
+        meter: the meter the work will be measured with (same devices).
+        seconds: the idle window; at least 1 s, since counters update every few ms (NVML) to
+            1 ms (RAPL) and the idle power is small.
+        synchronize: called first (e.g. ``torch.cuda.synchronize``) so that no queued work
+            runs in the idle window.
+        sleep: replaces :func:`time.sleep` (tests).
+
+    Example:
+        >>> idle = measure_idle(RaplMeter(root="/nonexistent"), seconds=0.01)
+        >>> idle.watts
+        {}
+    """
+    if not seconds > 0:
+        raise ValueError(f"the idle window must be > 0 s, got {seconds!r}")
+    if synchronize is not None:
+        synchronize()
+    meter.start()
+    (sleep or time.sleep)(seconds)
+    readings = meter.stop()
+    watts = {r.device: r.watts for r in readings if r.kind == "measured" and r.watts is not None}
+    warnings = [w for r in readings for w in r.warnings]
+    return IdleBaseline(watts=watts, duration_s=max((r.duration_s for r in readings), default=seconds),
+                        readings=tuple(readings), warnings=tuple(dict.fromkeys(warnings)))
+
+
+# -- windows of work ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One measured window of repeated calls.
+
+    Attributes:
+        readings: the meter's readings over the window.
+        calls: how many calls ran in it.
+        units: the work done (tokens, images, classifications), summed over the calls.
+        duration_s: the window's wall time (from the first call's start to the last's end).
+        latencies_s: each call's wall time, synchronised.
+        stalled: devices whose counter did not advance although the window was long enough.
+    """
+
+    readings: tuple[EnergyReading, ...]
+    calls: int
+    units: float
+    duration_s: float
+    latencies_s: tuple[float, ...]
+    stalled: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.readings)
+
+
+def measure_window(
+    meter: Meter,
+    work: Any,
+    *,
+    min_seconds: float = 1.0,
+    min_calls: int = 1,
+    max_calls: int | None = None,
+    synchronize: Any = None,
+) -> Window:
+    """Run ``work()`` again and again inside one metered window of at least ``min_seconds``.
+
+    Energy counters are coarse (NVML updates every few to 100 ms depending on the GPU): a
+    window of one short call may see the counter not move at all. So each window holds many
+    calls and lasts at least ``min_seconds``; per-unit energy is the window's energy over
+    the units its calls did.
+
+    Args:
+        meter: started and stopped around the window.
+        work: a callable doing one call of the operation and returning how many units it did.
+        min_seconds: keep calling until this much time has passed.
+        min_calls / max_calls: bounds on the number of calls (``max_calls`` wins over time).
+        synchronize: called after each call (e.g. ``torch.cuda.synchronize``) so a call's
+            latency includes its queued kernels and the window ends when the work does.
+
+    Example:
+        >>> w = measure_window(RaplMeter(root="/nonexistent"), lambda: 4, min_seconds=0.0, min_calls=3)
+        >>> (w.calls, w.units, w.readings[0].kind)
+        (3, 12.0, 'unavailable')
+    """
+    if min_calls < 1 or (max_calls is not None and max_calls < min_calls):
+        raise ValueError(f"need 1 <= min_calls <= max_calls, got {min_calls}, {max_calls}")
+    sync = synchronize or (lambda: None)
+    sync()
+    latencies: list[float] = []
+    units = 0.0
+    meter.start()
+    try:
+        t0 = time.perf_counter()
+        now = t0
+        while True:
+            start = now
+            units += float(work())
+            sync()
+            now = time.perf_counter()
+            latencies.append(now - start)
+            if max_calls is not None and len(latencies) >= max_calls:
+                break
+            if len(latencies) >= min_calls and now - t0 >= min_seconds:
+                break
+    finally:
+        readings = meter.stop()
+    stalled = tuple(r.device for r in readings if r.kind == "measured" and any("did not advance" in w for w in r.warnings))
+    return Window(readings=tuple(readings), calls=len(latencies), units=units, duration_s=now - t0,
+                  latencies_s=tuple(latencies), stalled=stalled)
+
+
+# -- labelled estimates ---------------------------------------------------------------------
+
+ESTIMATE_LABEL = "ESTIMATE, not a measurement"
+
+
+class CodecarbonCpuMeter(_MeterBase):
+    """The CPU energy that codecarbon's ``OfflineEmissionsTracker`` models: an *estimate*.
+
+    codecarbon reads RAPL when it can; without it, it multiplies a TDP (from its CPU table,
+    or a default per thread) by the CPU load. Its number is returned as ``kind="estimate"``
+    with the model it used in ``reason``, so :func:`summarize` keeps it apart from
+    measurements. Only the offline tracker is used: it makes no network call.
+
+    The tracker is made on the first ``start()`` (codecarbon probes the hardware for about
+    2 s) and each window is one of its tasks (``start_task``/``stop_task``, milliseconds);
+    :meth:`close` ends it.
+
+    Args:
+        tracking_mode: codecarbon's ``"process"`` (this process's CPU load) or ``"machine"``.
+        measure_power_secs: codecarbon's sampling interval.
+
+    A missing codecarbon, or a tracker that fails, gives an ``unavailable`` reading.
+    """
+
+    def __init__(self, *, tracking_mode: str = "process", measure_power_secs: float = 1.0) -> None:
+        if tracking_mode not in ("process", "machine"):
+            raise ValueError(f"tracking_mode must be 'process' or 'machine', got {tracking_mode!r}")
+        self.tracking_mode = tracking_mode
+        self.measure_power_secs = float(measure_power_secs)
+        self._tracker: Any = None
+        self._failure: str | None = None
+        self._t0: float | None = None
+        self._in_task = False
+
+    def _ensure_tracker(self) -> None:
+        if self._tracker is not None or self._failure is not None:
+            return
+        try:
+            from codecarbon import OfflineEmissionsTracker
+        except ImportError:
+            self._failure = "codecarbon is not installed (pip install codecarbon); no CPU estimate"
+            return
+        try:
+            with _quiet_codecarbon():
+                # The country only matters for codecarbon's own emissions, which are not used.
+                self._tracker = OfflineEmissionsTracker(
+                    country_iso_code="USA", output_methods=[], log_level="error", gpu_ids=[],
+                    tracking_mode=self.tracking_mode, measure_power_secs=self.measure_power_secs,
+                    allow_multiple_runs=True,
+                )
+        except Exception as exc:  # noqa: BLE001 - an estimate must never break the work
+            self._failure = f"codecarbon's OfflineEmissionsTracker failed ({type(exc).__name__}: {exc})"
+
+    def start(self) -> None:
+        self._ensure_tracker()
+        self._in_task = False
+        if self._tracker is not None:
+            try:
+                with _quiet_codecarbon():
+                    self._tracker.start_task()
+                self._in_task = True
+            except Exception as exc:  # noqa: BLE001
+                self._failure = f"codecarbon's OfflineEmissionsTracker failed to start ({type(exc).__name__}: {exc})"
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> list[EnergyReading]:
+        if self._t0 is None:
+            raise RuntimeError("CodecarbonCpuMeter.stop() called before start()")
+        duration = time.perf_counter() - self._t0
+        self._t0 = None
+        if not self._in_task:
+            return [_unavailable("CPU", self._failure or "no estimate", duration)]
+        self._in_task = False
+        try:
+            with _quiet_codecarbon():
+                data = self._tracker.stop_task()
+            kwh = float(data.cpu_energy)
+        except Exception as exc:  # noqa: BLE001
+            return [_unavailable("CPU", f"codecarbon's OfflineEmissionsTracker failed ({type(exc).__name__}: {exc})",
+                                 duration)]
+        if not math.isfinite(kwh) or kwh < 0:
+            return [_unavailable("CPU", f"codecarbon gave no usable CPU energy ({kwh!r})", duration)]
+        return [EnergyReading(
+            joules=kwh * 3.6e6, kind="estimate", source="codecarbon-offline", duration_s=duration,
+            device="CPU", reason=f"{ESTIMATE_LABEL}: {_codecarbon_model(self._tracker, data)}",
+        )]
+
+    def close(self) -> None:
+        """End codecarbon's tracker (its sampling thread)."""
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            with contextlib.suppress(Exception), _quiet_codecarbon():
+                tracker.stop()
+
+
+@contextlib.contextmanager
+def _quiet_codecarbon() -> Iterator[None]:
+    # codecarbon warns about its own fallbacks (unknown CPU, no RAPL); the reading's reason
+    # says what it used, so its log lines would only repeat that, on every window.
+    import logging
+
+    log = logging.getLogger("codecarbon")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        # Left at WARNING at least: the tracker's sampling thread logs at INFO between windows.
+        log.setLevel(max(level, logging.WARNING) if level else logging.WARNING)
+
+
+def _codecarbon_model(tracker: Any, data: Any) -> str:
+    """What codecarbon's CPU number rests on, from its tracker (private fields, read defensively)."""
+    version = getattr(data, "codecarbon_version", "?")
+    cpu = next((h for h in getattr(tracker, "_hardware", []) if type(h).__name__ == "CPU"), None)
+    mode = getattr(cpu, "_mode", None)
+    tdp = getattr(cpu, "_tdp", None)
+    model = getattr(data, "cpu_model", None) or "unknown CPU"
+    if mode in ("intel_rapl", "intel_power_gadget", "apple_powermetrics"):
+        how = f"codecarbon read the counters ({mode})"
+    elif mode is not None:
+        how = f"power model '{mode}' with TDP {tdp} W for {model}"
+    else:
+        how = f"power model of {model}"
+    return (f"codecarbon {version} OfflineEmissionsTracker, {how}, tracking mode "
+            f"{getattr(data, 'tracking_mode', '?')}")
+
+
+class FallbackCpuMeter(_MeterBase):
+    """RAPL when it is readable; otherwise a labelled estimate (never both, never mixed).
+
+    The estimate's reason starts with why RAPL could not be read. Used through
+    ``default_meter(device, cpu_estimate=True)``.
+
+    Example:
+        >>> m = FallbackCpuMeter(RaplMeter(root="/nonexistent"), RaplMeter(root="/nonexistent"))
+        >>> with m.measure() as h:
+        ...     pass
+        >>> h.readings[0].kind
+        'unavailable'
+    """
+
+    def __init__(self, primary: RaplMeter, fallback: Any = None) -> None:
+        self.primary = primary
+        self.fallback = fallback if fallback is not None else CodecarbonCpuMeter()
+        self._using_fallback = False
+        self._primary_reason: str | None = None
+
+    def start(self) -> None:
+        self.primary.start()
+        unreadable = self.primary._failure is not None or (
+            bool(self.primary._windows) and all(w.error is not None for w in self.primary._windows)
+        )
+        self._using_fallback = unreadable
+        if unreadable:
+            self._primary_reason = self.primary._failure or "; ".join(
+                w.error or "" for w in self.primary._windows
+            )
+            self.fallback.start()
+
+    def stop(self) -> list[EnergyReading]:
+        primary = self.primary.stop()
+        if not self._using_fallback:
+            return primary
+        estimates = self.fallback.stop()
+        out = []
+        for r in estimates:
+            reason = f"RAPL not readable ({self._primary_reason}); {r.reason or r.kind}"
+            out.append(EnergyReading(joules=r.joules, kind=r.kind, source=r.source, duration_s=r.duration_s,
+                                     device=r.device, reason=reason, warnings=r.warnings))
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.fallback.close()
+
+
+# -- sampled power (the cross-check of the counter) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PowerTrace:
+    """Power samples: ``times_s`` (seconds from the start) and ``watts``."""
+
+    times_s: tuple[float, ...]
+    watts: tuple[float, ...]
+
+    @property
+    def joules(self) -> float:
+        return integrate_power(self.times_s, self.watts)
+
+
+def integrate_power(times_s: Sequence[float], watts: Sequence[float]) -> float:
+    """Energy from power samples by the trapezoid rule, in J.
+
+    Example:
+        >>> integrate_power([0.0, 1.0, 3.0], [100.0, 100.0, 200.0])   # 100 J + 300 J
+        400.0
+    """
+    if len(times_s) != len(watts):
+        raise ValueError(f"times and watts differ in length: {len(times_s)} != {len(watts)}")
+    total = 0.0
+    for i in range(1, len(times_s)):
+        dt = times_s[i] - times_s[i - 1]
+        if dt < 0:
+            raise ValueError("sample times must not decrease")
+        total += 0.5 * (watts[i] + watts[i - 1]) * dt
+    return total
+
+
+class NvmlPowerSampler:
+    """Samples a GPU's power draw (``nvmlDeviceGetPowerUsage``, mW) in a background thread.
+
+    For cross-checking the energy counter: over a steady load, the integral of the samples
+    and the counter's delta should agree within a few percent. (On recent GPUs the power
+    reading is itself a ~1 s average, so ramps at the window's ends blur; warm up first.)
+
+    Args:
+        device_index: the CUDA ordinal (mapped to NVML through ``CUDA_VISIBLE_DEVICES``).
+        interval_s: time between samples.
+    """
+
+    def __init__(self, device_index: int = 0, *, interval_s: float = 0.05) -> None:
+        self.device_index = int(device_index)
+        self.interval_s = float(interval_s)
+        self._thread: Any = None
+        self._stop: Any = None
+        self._samples: list[tuple[float, float]] = []
+        self._error: str | None = None
+        self.t0: float | None = None
+
+    def start(self) -> None:
+        import threading
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        indices, warnings = NvmlMeter(device_indices=[self.device_index])._nvml_indices(pynvml)
+        if not indices:
+            pynvml.nvmlShutdown()
+            raise RuntimeError(f"NVML: cuda:{self.device_index} not found ({'; '.join(warnings)})")
+        handle = pynvml.nvmlDeviceGetHandleByIndex(indices[0])
+        self._samples, self._error = [], None
+        self._stop = threading.Event()
+        t0 = self.t0 = time.perf_counter()  # sample times are seconds after this perf_counter()
+
+        def loop() -> None:
+            while True:
+                try:
+                    mw = pynvml.nvmlDeviceGetPowerUsage(handle)
+                except Exception as exc:  # noqa: BLE001
+                    self._error = _text(exc)
+                    return
+                self._samples.append((time.perf_counter() - t0, mw / 1000.0))
+                if self._stop.wait(self.interval_s):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="nvml-power-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> PowerTrace:
+        if self._thread is None:
+            raise RuntimeError("NvmlPowerSampler.stop() called before start()")
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        with contextlib.suppress(Exception):
+            sys.modules["pynvml"].nvmlShutdown()
+        if self._error is not None:
+            raise RuntimeError(f"NVML: power reading failed ({self._error})")
+        return PowerTrace(times_s=tuple(t for t, _ in self._samples), watts=tuple(w for _, w in self._samples))

@@ -7,4 +7,5 @@ probes does not import torch-heavy modules. Third-party packages add probes thro
 
 BUILTIN_PROBES: dict[str, str] = {
     "quality.perplexity": "probes.quality.perplexity:Perplexity",
+    "energy.inference": "probes.energy.inference:InferenceEnergy",
 }

@@ -14,6 +14,7 @@ import pytest
 
 from audit.findings import AuditReport, Finding, SubjectIdentity
 from audit.probe import ProbeContext, build_probe, probe_info, registry
+from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
 
 
@@ -26,6 +27,7 @@ def _perplexity_inputs(tmp_path):
 
 FAKES = {
     "quality.perplexity": _perplexity_inputs,
+    "energy.inference": energy_inference_inputs,
 }
 
 BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))

@@ -33,6 +33,11 @@ def smollm2_spec(workdir: Path) -> dict:
         "probes": [
             {"id": "quality.perplexity",
              "params": {"max_length": 512, "stride": 256, "batch_size": 8, "slice_by": "genre"}},
+            # J per 1k tokens (generated and scored). On a CPU without readable RAPL: unavailable,
+            # with codecarbon's offline estimate beside it, labelled.
+            {"id": "energy.inference",
+             "params": {"data": "texts", "repeats": 3, "batch_size": 2, "max_new_tokens": 8,
+                        "max_length": 64, "warmup_calls": 1}},
         ],
         "gates": [
             # Absolute bounds on the upper side of the interval: pass only while we are
