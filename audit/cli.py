@@ -277,7 +277,7 @@ def schema() -> None:
 
 #: Commands that live beside the core ("module:attr" of a click command), added when their
 #: module is installed. The dashboard, for one, never imports the probes.
-OPTIONAL_COMMANDS: tuple[str, ...] = ()
+OPTIONAL_COMMANDS: tuple[str, ...] = ("dashboard.cli:dashboard",)
 
 
 def _add_optional_commands() -> None:

@@ -1,0 +1,180 @@
+"""How fast the dashboard opens its list of audits on a store of 500 audits.
+
+Builds a SQLite store of N realistic audits (``tests/report_factory.py``'s report with values
+drawn at random, 10 models, one audit a day), then times:
+
+1. the data layer: opening the store, reading every summary, filtering and building the table;
+2. the app script (Streamlit's AppTest, in-process): the list view, first run and later runs;
+3. a real browser (headless Debian chromium through Playwright, when /usr/bin/chromium exists):
+   from navigation to the list's table and counts on screen, on a fresh server (first
+   visitor, Python imports included) and on a warm one.
+
+The target is "under 2 seconds" for the list of 500 audits. Run from the repository root:
+
+    .venv/bin/python bench/bench_dashboard.py [--audits 500] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def _fmt(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):.3f} s (min {min(xs):.3f}, max {max(xs):.3f}, n={len(xs)})"
+
+
+def build_store(folder: Path, n: int) -> tuple[str, float]:
+    from audit.store import ReportStore
+    from tests.dashboard_support import many_reports
+
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{folder / 'audits.db'}"
+    reports = many_reports(n)
+    start = time.perf_counter()
+    with ReportStore(url) as store:
+        for r in reports:
+            store.ingest(r)
+        assert store.count() == n
+    return url, time.perf_counter() - start
+
+
+def bench_data(url: str, repeats: int) -> list[float]:
+    from audit.store import ReportStore
+    from dashboard import data
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with ReportStore(url) as store:
+            rows = data.all_audits(store)
+            data.audits_frame(data.filter_audits(rows))
+            data.status_counts(rows)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_apptest(url: str, repeats: int) -> tuple[float, list[float]]:
+    os.environ["GENAI_AUDIT_STORE"] = url
+    from streamlit.testing.v1 import AppTest
+
+    app = str(REPO / "dashboard" / "app.py")
+    runs = []
+    # One AppTest, rerun: a new AppTest rescans every installed package for Streamlit
+    # components (seconds here), which is test machinery, not the dashboard.
+    at = AppTest.from_file(app, default_timeout=120)
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        at.run()
+        runs.append(time.perf_counter() - start)
+        assert not at.exception, [e.value for e in at.exception]
+        assert next(m.value for m in at.metric if m.label == "Audits") == str(len(at.dataframe[0].value))
+    return runs[0], runs[1:]
+
+
+def bench_browser(url: str, n: int, repeats: int) -> tuple[float, list[float]] | None:
+    """Seconds from navigation to the list on screen (``n`` audits; ``n == 0``: the start page)."""
+    if not CHROMIUM.is_file():
+        return None
+    from playwright.sync_api import expect, sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "audit", "dashboard", "--store", url, "--port", str(port)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the dashboard did not start") from None
+                time.sleep(0.2)
+        times = []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            for _ in range(repeats + 1):
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                start = time.perf_counter()
+                page.goto(base + "/")
+                if n == 0:
+                    page.get_by_role("heading", name="No audits yet").wait_for(timeout=120_000)
+                else:
+                    metric = page.get_by_test_id("stMetric").filter(has=page.get_by_text("Audits", exact=True))
+                    expect(metric.get_by_test_id("stMetricValue")).to_have_text(str(n), timeout=120_000)
+                    page.get_by_test_id("stDataFrame").locator("[role='gridcell']").first.wait_for(state="attached")
+                times.append(time.perf_counter() - start)
+                page.close()
+            browser.close()
+        return times[0], times[1:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--audits", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="genai-audit-bench-dashboard-"))
+    try:
+        url, ingest_s = build_store(folder, args.audits)
+        print(f"store: {args.audits} audits ingested in {ingest_s:.1f} s "
+              f"({(folder / 'audits.db').stat().st_size / 1e6:.1f} MB)")  # fmt: skip
+        print(f"data layer (open store, read {args.audits} summaries, filter, table): {_fmt(bench_data(url, args.repeats))}")
+        first, warm = bench_apptest(url, args.repeats)
+        print(f"app script, list view (AppTest): first run {first:.3f} s; later runs {_fmt(warm)}")
+        browser = bench_browser(url, args.audits, args.repeats)
+        if browser is None:
+            print(f"browser: skipped ({CHROMIUM} missing)")
+        else:
+            cold, warm_b = browser
+            print(f"browser, navigation to list on screen: first visitor {cold:.3f} s; later visitors {_fmt(warm_b)}")
+            # The same server and browser on an empty store: what Streamlit itself costs here.
+            empty_url, _ = build_store(folder / "empty", 0)
+            _, warm_e = bench_browser(empty_url, 0, args.repeats)
+            print(f"browser, same server on an empty store (start page): later visitors {_fmt(warm_e)}")
+            small_url, _ = build_store(folder / "small", 10)
+            _, warm_s = bench_browser(small_url, 10, args.repeats)
+            print(f"browser, same server on a store of 10 audits: later visitors {_fmt(warm_s)}")
+            median, base, small = (statistics.median(x) for x in (warm_b, warm_e, warm_s))
+            print(f"list of {args.audits} audits vs empty start page: ratio {median / base:.2f}, +{median - base:.3f} s; "
+                  f"vs a list of 10 audits: ratio {median / small:.2f}, +{median - small:.3f} s")
+            verdict = "under" if median < 2.0 else "OVER"
+            print(f"target: list of {args.audits} audits in < 2 s -> {verdict} (median {median:.3f} s; load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
