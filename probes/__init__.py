@@ -7,5 +7,7 @@ probes does not import torch-heavy modules. Third-party packages add probes thro
 
 BUILTIN_PROBES: dict[str, str] = {
     "quality.perplexity": "probes.quality.perplexity:Perplexity",
+    "quality.text_diversity": "probes.quality.text_diversity:TextDiversity",
+    "deepfake.text_detectability": "probes.deepfake.text_detectability:TextDetectability",
     "energy.inference": "probes.energy.inference:InferenceEnergy",
 }

@@ -16,6 +16,7 @@ from audit.findings import AuditReport, Finding, SubjectIdentity
 from audit.probe import ProbeContext, build_probe, probe_info, registry
 from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
+from tests import test_text_detectability, test_text_diversity
 
 
 def _perplexity_inputs(tmp_path):
@@ -28,6 +29,8 @@ def _perplexity_inputs(tmp_path):
 FAKES = {
     "quality.perplexity": _perplexity_inputs,
     "energy.inference": energy_inference_inputs,
+    "quality.text_diversity": test_text_diversity.diversity_contract_inputs,
+    "deepfake.text_detectability": test_text_detectability.detectability_contract_inputs,
 }
 
 BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))

@@ -23,6 +23,7 @@ from audit.probe import ProbeContext, build_probe, probe_info, registry  # noqa:
 from audit.subjects import HFTextGenerator, TextGenerator  # noqa: E402
 from probes.quality.functional import (  # noqa: E402
     bits_per_byte,
+    causal_lm_scorer,
     corpus_perplexity,
     sliding_windows,
     windowed_token_logprobs,
@@ -262,10 +263,14 @@ def _guide_recipe(model, ids, max_length, stride):
 
 
 @pytest.mark.parametrize(("max_length", "stride"), [(16, 8), (12, 5), (16, 16), (256, 256)])
-@pytest.mark.parametrize("batch_size", [1, 5])
-def test_corpus_perplexity_matches_transformers_recipe(lm, tok, subject, tmp_path, max_length, stride, batch_size):
+@pytest.mark.parametrize(("batch_size", "selective"), [(1, True), (5, True), (5, False)])
+def test_corpus_perplexity_matches_transformers_recipe(lm, tok, subject, tmp_path, max_length, stride, batch_size,
+                                                        selective):
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
-    found = run_probe(subject, path, max_length=max_length, stride=stride, batch_size=batch_size, n_resamples=200)
+    found = run_probe(subject, path, max_length=max_length, stride=stride, batch_size=batch_size, n_resamples=200,
+                      selective_logits=selective)
+    assert found["quality.perplexity/perplexity"].evidence["scorer"] == (
+        "selective-logits" if selective else "token_logprobs")
 
     # stride == max_length: the guide drops each later window's first token; we step by
     # max_length - 1 instead, which is the guide's loop at that stride (see sliding_windows).
@@ -282,6 +287,55 @@ def test_corpus_perplexity_matches_transformers_recipe(lm, tok, subject, tmp_pat
     assert found["quality.perplexity/nll_per_token"].value == pytest.approx(nll / n, rel=1e-4)
     n_bytes = sum(len(t.encode("utf-8")) for t in TEXTS)
     assert found["quality.perplexity/bits_per_byte"].value == pytest.approx(nll / (LN2 * n_bytes), rel=1e-4)
+
+
+# -- the selective scorer (logits only at scored positions) ------------------------------------
+
+def test_selective_scatter_positions_exactly():
+    # The selective contract: log-probs of the selected positions only, flattened row-major.
+    seen = []
+
+    def score(ids, mask, select):
+        seen.append((tuple(ids.shape), mask is None, int(select.sum())))
+        return ids[:, 1:][select].float()
+
+    seqs = [list(range(100, 111)), list(range(200, 204)), [7], list(range(300, 306))]
+    out = windowed_token_logprobs(score, seqs, max_length=4, stride=2, batch_size=3, pad_id=0, selective=True)
+    assert [t.tolist() for t in out] == [list(map(float, range(101, 111))), [201.0, 202.0, 203.0], [],
+                                         list(map(float, range(301, 306)))]
+    # windows of 11 tokens: (0,4,1) (2,6,4) (4,8,6) (6,10,8) (8,11,10); sorted longest first, so the
+    # first batch holds only full-length windows (no mask) and selects 3 + 2 + 2 positions.
+    assert seen[0] == ((3, 4), True, 7)
+    assert sum(k for *_, k in seen) == 10 + 3 + 5
+    assert any(not full for _, full, _ in seen)  # a padded batch gets its mask
+
+
+@pytest.mark.parametrize(("max_length", "stride"), [(16, 8), (12, 5), (256, 128)])
+def test_causal_lm_scorer_equals_the_subjects_token_logprobs(lm, tok, subject, max_length, stride):
+    seqs = [[tok.bos_token_id] + tok.encode(t, add_special_tokens=False) for t in TEXTS]
+    kw = dict(max_length=max_length, stride=stride, batch_size=3, pad_id=tok.pad_token_id)
+    ref = windowed_token_logprobs(subject.token_logprobs, seqs, **kw)
+    fast = windowed_token_logprobs(causal_lm_scorer(lm), seqs, selective=True, **kw)
+    for a, b in zip(ref, fast):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_lm_scorer_with_autocast_is_close_and_model_without_logits_to_keep_is_refused(lm, tok):
+    seqs = [[tok.bos_token_id] + tok.encode(t, add_special_tokens=False) for t in TEXTS]
+    kw = dict(max_length=32, stride=16, batch_size=4, pad_id=tok.pad_token_id, selective=True)
+    ref = torch.cat(windowed_token_logprobs(causal_lm_scorer(lm), seqs, **kw)).double()
+    bf16 = torch.cat(windowed_token_logprobs(causal_lm_scorer(lm, autocast="bfloat16"), seqs, **kw)).double()
+    # bfloat16 keeps 8 bits of mantissa: the corpus NLL moves by about a percent, not more.
+    assert float(bf16.mean()) == pytest.approx(float(ref.mean()), rel=0.05)
+    assert not torch.equal(ref, bf16)
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            raise AssertionError("not called")
+
+    assert causal_lm_scorer(Plain()) is None
+    with pytest.raises(ValueError, match="autocast"):
+        causal_lm_scorer(lm, autocast="int8")
 
 
 # -- bits per byte, intervals, slices, warnings ----------------------------------------------
@@ -445,6 +499,7 @@ def test_missing_data_input_is_an_input_error(tmp_path):
         ({"n_resamples": 10}, "n_resamples must be an integer >= 100"),
         ({"data": ""}, "data must be the name of a data input"),
         ({"slice_by": ""}, "slice_by must be the name of a metadata field"),
+        ({"autocast": "fp8"}, "autocast must be null, 'bfloat16' or 'float16'"),
     ],
 )
 def test_invalid_parameters_raise_spec_error(params, expected):
@@ -464,5 +519,5 @@ def test_registered_with_summary_and_help():
     assert all(help_ for *_, help_ in info.params)
     assert {p[0]: p[2] for p in info.params} == {
         "data": "texts", "max_length": 1024, "stride": 512, "batch_size": 8, "add_bos": True,
-        "slice_by": "genre", "n_resamples": 2000, "confidence": 0.95,
+        "slice_by": "genre", "selective_logits": True, "autocast": None, "n_resamples": 2000, "confidence": 0.95,
     }

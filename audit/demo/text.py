@@ -29,7 +29,7 @@ def smollm2_spec(workdir: Path) -> dict:
             "name": "SmolLM2-135M-Instruct (Q4_1 GGUF)",
             "dtype": "float32",
         },
-        "data": {"texts": str(CORPUS)},
+        "data": {"texts": str(CORPUS), "prompts": str(CORPUS.parent / "prompts_en.jsonl")},
         "probes": [
             {"id": "quality.perplexity",
              "params": {"max_length": 512, "stride": 256, "batch_size": 8, "slice_by": "genre"}},
@@ -38,6 +38,13 @@ def smollm2_spec(workdir: Path) -> dict:
             {"id": "energy.inference",
              "params": {"data": "texts", "repeats": 3, "batch_size": 2, "max_new_tokens": 8,
                         "max_length": 64, "warmup_calls": 1}},
+            # Diversity of sampled answers to 5 of the project's prompts (3 samples each, short).
+            {"id": "quality.text_diversity",
+             "params": {"max_prompts": 5, "samples_per_prompt": 3, "max_new_tokens": 12, "bleu_max_n": 2,
+                        "prompt_template": "Question: {prompt}\nAnswer:"}},
+            # Zero-shot detectability of SmolLM2's continuations of 12 corpus texts (scored by itself).
+            {"id": "deepfake.text_detectability",
+             "params": {"max_documents": 12, "prompt_tokens": 24, "continuation_tokens": 12}},
         ],
         "gates": [
             # Absolute bounds on the upper side of the interval: pass only while we are

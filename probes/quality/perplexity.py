@@ -59,6 +59,8 @@ class Perplexity:
     batch_size: int = field(default=8, metadata={"help": "windows per forward pass (halved automatically on out-of-memory)"})
     add_bos: bool = field(default=True, metadata={"help": "prepend the model's BOS token so each document's first token is scored too"})
     slice_by: str | None = field(default="genre", metadata={"help": "document metadata field to report per-slice findings by (none: null)"})
+    selective_logits: bool = field(default=True, metadata={"help": "transformers subjects: project to the vocabulary only at scored positions (same numbers, faster); false uses the subject's token_logprobs"})
+    autocast: str | None = field(default=None, metadata={"help": "null (the model's dtype, the reference), 'bfloat16' or 'float16': run forward passes under torch.autocast (faster on GPUs, ~1e-2 relative error)"})
     n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples (over documents) for the intervals"})
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
 
@@ -81,6 +83,10 @@ class Perplexity:
             fail("add_bos", "true or false")
         if self.slice_by is not None and (not isinstance(self.slice_by, str) or not self.slice_by.strip()):
             fail("slice_by", "the name of a metadata field (e.g. 'genre') or null")
+        if not isinstance(self.selective_logits, bool):
+            fail("selective_logits", "true or false")
+        if self.autocast not in (None, "bfloat16", "float16"):
+            fail("autocast", "null, 'bfloat16' or 'float16'")
         if not is_int(self.n_resamples) or self.n_resamples < 100:
             fail("n_resamples", "an integer >= 100 (fewer gives unstable interval bounds)")
         if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) \
@@ -122,12 +128,15 @@ class Perplexity:
             n_bytes = np.maximum(n_bytes, 0.0)
 
         nll = np.zeros(len(docs), dtype=np.float64)
+        selective = False
         if docs:
             device = getattr(subject, "device", None) or ctx.device
+            score_fn, selective = self._score_fn(subject, notes)
             logprobs = windowed_token_logprobs(
-                subject.token_logprobs, sequences, max_length=max_length, stride=stride,
+                score_fn, sequences, max_length=max_length, stride=stride,
                 batch_size=self.batch_size, pad_id=subject.pad_token_id, device=device,
                 progress=lambda it, total: ctx.progress(it, total=total, desc=f"{self.id}: windows"),
+                selective=selective,
             )
             flat = torch.cat(logprobs).double()
             doc_of_token = torch.repeat_interleave(
@@ -150,6 +159,8 @@ class Perplexity:
             "max_length": max_length,
             "stride": stride,
             "bos": bos is not None,
+            "scorer": "selective-logits" if selective else "token_logprobs",
+            "autocast": self.autocast,
             **({"per_document_truncated": True} if shown < len(docs) else {}),
         })
 
@@ -165,6 +176,32 @@ class Perplexity:
                 findings += group.findings(mask, {self.slice_by: value}, slice_notes,
                                            metrics=("perplexity", "bits_per_byte"))
         return findings
+
+    def _score_fn(self, subject: Any, notes: list[str]) -> tuple[Any, bool]:
+        """The fastest honest scorer for ``subject``: the selective transformers path when
+        the subject is a transformers model that supports it, else its ``token_logprobs``."""
+        from audit.subjects import HFTextGenerator
+        from probes.quality.functional import causal_lm_scorer
+
+        if isinstance(subject, HFTextGenerator) and (self.selective_logits or self.autocast):
+            scorer = causal_lm_scorer(subject.model, autocast=self.autocast)
+            if scorer is not None:
+                if not self.selective_logits:
+                    sel = scorer
+                    return (lambda ids, mask: _full_from_selective(sel, ids, mask)), False
+                return scorer, True
+        if self.autocast:
+            notes.append(f"autocast {self.autocast!r} needs a transformers subject; ran in the model's dtype")
+        return subject.token_logprobs, False
+
+
+def _full_from_selective(score: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """A ``[B, T-1]`` score function from a selective one (every position selected)."""
+    import torch
+
+    b, t = input_ids.shape
+    select = torch.ones(b, t - 1, dtype=torch.bool, device=input_ids.device)
+    return score(input_ids, attention_mask, select).view(b, t - 1)
 
 
 @dataclass
