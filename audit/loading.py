@@ -641,4 +641,7 @@ _LOADERS: dict[tuple[str, str], Loader | str] = {
     ("text-generator", "hf"): _load_hf_text_generator,
     ("text-generator", "gguf"): _load_gguf_text_generator,
     ("text-generator", "python"): _load_python_text_generator,
+    ("encoder", "hf"): "audit.loading_encoder:load_hf_encoder",
+    ("encoder", "open_clip"): "audit.loading_encoder:load_open_clip_encoder",
+    ("encoder", "python"): "audit.loading_encoder:load_python_encoder",
 }

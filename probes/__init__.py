@@ -9,5 +9,10 @@ BUILTIN_PROBES: dict[str, str] = {
     "quality.perplexity": "probes.quality.perplexity:Perplexity",
     "quality.text_diversity": "probes.quality.text_diversity:TextDiversity",
     "deepfake.text_detectability": "probes.deepfake.text_detectability:TextDetectability",
+    "bias.classifier": "probes.bias.classifier:ClassifierBias",
+    "bias.stereotype_pairs": "probes.bias.stereotype_pairs:StereotypePairs",
+    "bias.counterfactual_generation": "probes.bias.counterfactual:CounterfactualGeneration",
+    "bias.t2i_representation": "probes.bias.t2i_representation:T2IRepresentation",
+    "bias.embedding_association": "probes.bias.embedding_association:EmbeddingAssociation",
     "energy.inference": "probes.energy.inference:InferenceEnergy",
 }

@@ -17,6 +17,7 @@ from audit.probe import ProbeContext, build_probe, probe_info, registry
 from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
 from tests import test_text_detectability, test_text_diversity
+from tests import bias_fakes
 
 
 def _perplexity_inputs(tmp_path):
@@ -31,6 +32,11 @@ FAKES = {
     "energy.inference": energy_inference_inputs,
     "quality.text_diversity": test_text_diversity.diversity_contract_inputs,
     "deepfake.text_detectability": test_text_detectability.detectability_contract_inputs,
+    "bias.classifier": bias_fakes.bias_classifier_inputs,
+    "bias.stereotype_pairs": bias_fakes.stereotype_pairs_inputs,
+    "bias.counterfactual_generation": bias_fakes.counterfactual_inputs,
+    "bias.t2i_representation": bias_fakes.t2i_inputs,
+    "bias.embedding_association": bias_fakes.embedding_association_inputs,
 }
 
 BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))

@@ -1,0 +1,736 @@
+"""The disaggregation engine: any metric by group, with intervals, gaps and corrected tests.
+
+Point values come from :class:`fairlearn.metrics.MetricFrame` (so ``overall``, ``by_group``,
+``difference()`` and ``ratio()`` are Fairlearn's own), and this module adds what an audit
+needs on top of them:
+
+* **intersectional groups**: give several sensitive columns and every observed combination
+  is a group (MetricFrame's multi-index);
+* **minimum group size**: groups smaller than ``min_group_size`` are reported and flagged,
+  never hidden; the gaps between groups are taken over the groups at or above the size
+  (the flagged groups are named in the gap, and the gap over all groups is kept in
+  :attr:`Gap.value_all_groups`, which is what Fairlearn's functions return);
+* **bootstrap intervals** for every per-group value and every gap. Rate metrics (selection
+  rate, TPR, FPR, accuracy, ...) are functions of a group's confusion counts, so a bootstrap
+  resample of a group of ``n`` rows is exactly a multinomial draw of ``n`` over its four
+  cells: the whole bootstrap is a handful of ``rng.multinomial`` calls. Any other metric
+  (a callable ``metric(y_true, y_pred)``) is bootstrapped by resampling rows (or clusters
+  of rows, e.g. all the completions of one prompt template) and calling it;
+* **gaps** between groups (largest minus smallest, smallest over largest) and to the
+  overall value, with intervals from the same resamples;
+* **significance**: each group against the rest of the data, per rate metric, by Fisher's
+  exact test, with Holm's step-down correction over all the tests reported together;
+* **threshold policies**: named bounds on gap metrics; the four-fifths rule is one of them,
+  labelled as the legal heuristic it is.
+
+Example:
+    >>> import numpy as np, pandas as pd
+    >>> y = np.array([1, 0, 1, 0, 1, 0, 1, 0]); p = np.array([1, 0, 1, 1, 0, 0, 0, 0])
+    >>> sex = pd.Series(["f", "f", "f", "f", "m", "m", "m", "m"], name="sex")
+    >>> d = disaggregate(y, p, sex, metrics=["selection_rate"], min_group_size=1, n_resamples=200)
+    >>> d.by_group("selection_rate")
+    {('f',): 0.75, ('m',): 0.0}
+    >>> d.gap("selection_rate", "difference").value
+    0.75
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from audit.errors import InputError, SpecError
+from audit.findings import Interval
+from audit.stats import wilson_interval
+
+__all__ = [
+    "POLICIES",
+    "RATE_METRICS",
+    "Disaggregation",
+    "Gap",
+    "GapTest",
+    "GroupValue",
+    "RateMetric",
+    "ThresholdPolicy",
+    "binary_labels",
+    "disaggregate",
+    "evaluate_policy",
+    "holm",
+    "policy_from_dict",
+]
+
+# Confusion cells in sklearn's ravel order: tn, fp, fn, tp.
+TN, FP, FN, TP = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class RateMetric:
+    """A metric that is a ratio of confusion counts: ``sum(cells in num) / sum(cells in den)``.
+
+    ``fairlearn`` is the name of the Fairlearn (or scikit-learn) function with the same value,
+    used for the point values through MetricFrame.
+    """
+
+    name: str
+    num: tuple[int, ...]
+    den: tuple[int, ...]
+    higher_is_better: bool
+    fairlearn: str
+    #: What the denominator is, for the warning when it is empty ("no positives").
+    den_label: str
+
+    def from_counts(self, counts: np.ndarray) -> np.ndarray:
+        """The metric from counts ``[..., 4]`` (nan where the denominator is 0)."""
+        num = counts[..., list(self.num)].sum(-1).astype(np.float64)
+        den = counts[..., list(self.den)].sum(-1).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    def successes_trials(self, counts: np.ndarray) -> tuple[int, int]:
+        return int(counts[list(self.num)].sum()), int(counts[list(self.den)].sum())
+
+    def fn(self) -> Callable[..., float]:
+        import fairlearn.metrics as flm
+        import sklearn.metrics as skm
+
+        return getattr(flm, self.fairlearn, None) or getattr(skm, self.fairlearn)
+
+
+_ALL = (TN, FP, FN, TP)
+RATE_METRICS: dict[str, RateMetric] = {m.name: m for m in (
+    RateMetric("selection_rate", (FP, TP), _ALL, True, "selection_rate", "rows"),
+    RateMetric("accuracy", (TN, TP), _ALL, True, "accuracy_score", "rows"),
+    RateMetric("true_positive_rate", (TP,), (FN, TP), True, "true_positive_rate", "positives (label 1)"),
+    RateMetric("false_positive_rate", (FP,), (TN, FP), False, "false_positive_rate", "negatives (label 0)"),
+    RateMetric("false_negative_rate", (FN,), (FN, TP), False, "false_negative_rate", "positives (label 1)"),
+    RateMetric("true_negative_rate", (TN,), (TN, FP), True, "true_negative_rate", "negatives (label 0)"),
+    RateMetric("precision", (TP,), (FP, TP), True, "precision_score", "predicted positives"),
+    RateMetric("base_rate", (FN, TP), _ALL, True, "mean_prediction", "rows"),
+)}
+"""The built-in rate metrics (binary labels and predictions, 1 is the positive class)."""
+# base_rate is the share of positive labels; MetricFrame gets it from y_true (see _point_fns).
+
+
+@dataclass(frozen=True)
+class GroupValue:
+    """One metric on one group: value, interval, size, and whether the group is small."""
+
+    group: tuple[str, ...]
+    value: float
+    ci: Interval | None
+    n: int
+    small: bool
+    warnings: tuple[str, ...] = ()
+    #: Rows the rate is taken over (e.g. the group's positives for TPR); None for callables.
+    denominator: int | None = None
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A gap of one metric: between groups (``difference``, ``ratio``) or to the overall
+    value (``difference_to_overall``, ``ratio_to_overall``), as Fairlearn defines them.
+
+    ``value`` is over the groups of at least ``min_group_size`` rows; ``value_all_groups``
+    over every group (Fairlearn's value). ``low_group``/``high_group`` are the groups with
+    the smallest and largest value (between-groups gaps).
+    """
+
+    metric: str
+    kind: str
+    value: float
+    ci: Interval | None
+    value_all_groups: float
+    groups: tuple[tuple[str, ...], ...]
+    excluded_small: tuple[tuple[str, ...], ...]
+    low_group: tuple[str, ...] | None = None
+    high_group: tuple[str, ...] | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GapTest:
+    """One group against the rest of the data on one rate metric (Fisher's exact test)."""
+
+    metric: str
+    group: tuple[str, ...]
+    value: float
+    rest_value: float
+    difference: float
+    p_value: float
+    p_holm: float = math.nan
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """A named bound on a gap metric, e.g. ``demographic_parity_ratio >= 0.8``.
+
+    ``kind`` says what the bound is: ``legal-heuristic`` (a rule of thumb from a legal
+    context, such as the four-fifths rule; meeting it is not a finding of fairness, failing
+    it is not a finding of discrimination), or ``policy`` (a threshold a team chose).
+    """
+
+    name: str
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    kind: Literal["legal-heuristic", "policy"] = "policy"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.min is None) == (self.max is None):
+            raise SpecError(f"threshold policy '{self.name}': give exactly one of min or max "
+                            f"(got min={self.min!r}, max={self.max!r})")
+
+    def describe(self) -> str:
+        bound = f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
+        return f"{self.metric} {bound}"
+
+
+_FOUR_FIFTHS_NOTE = (
+    "The four-fifths rule (US EEOC Uniform Guidelines on Employee Selection Procedures, "
+    "29 CFR 1607.4(D)) is a legal rule of thumb for flagging possible adverse impact in "
+    "selection rates. It is a heuristic, not a verdict: meeting it does not show a model is "
+    "fair, failing it does not show discrimination; it ignores sampling error, base rates "
+    "and error-rate disparities, and it has legal meaning only in the contexts it was written for."
+)
+
+POLICIES: dict[str, ThresholdPolicy] = {p.name: p for p in (
+    ThresholdPolicy("four_fifths", "demographic_parity_ratio", min=0.8, kind="legal-heuristic",
+                    note=_FOUR_FIFTHS_NOTE),
+    ThresholdPolicy("demographic_parity_0.1", "demographic_parity_difference", max=0.1,
+                    note="selection rates of all groups within 10 percentage points (a common policy choice)"),
+    ThresholdPolicy("equalized_odds_0.1", "equalized_odds_difference", max=0.1,
+                    note="TPR and FPR of all groups within 10 percentage points (a common policy choice)"),
+)}
+"""Named threshold policies; specs add their own with :func:`policy_from_dict`."""
+
+
+def policy_from_dict(name: str, d: Mapping[str, Any]) -> ThresholdPolicy:
+    """A policy from a spec mapping ``{metric, min|max, note?}`` (a team's own threshold).
+
+    Example:
+        >>> policy_from_dict("strict", {"metric": "demographic_parity_difference", "max": 0.05}).describe()
+        'demographic_parity_difference <= 0.05'
+    """
+    if not isinstance(d, Mapping):
+        raise SpecError(f"threshold policy '{name}': expected a mapping with metric and min or max, got {d!r}")
+    unknown = set(d) - {"metric", "min", "max", "note"}
+    if unknown:
+        raise SpecError(f"threshold policy '{name}': unknown keys {sorted(unknown)}; expected metric, min|max, note")
+    if not isinstance(d.get("metric"), str):
+        raise SpecError(f"threshold policy '{name}': 'metric' must name a gap metric, "
+                        f"e.g. demographic_parity_difference, got {d.get('metric')!r}")
+    for key in ("min", "max"):
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise SpecError(f"threshold policy '{name}': {key} must be a number, got {v!r}")
+    return ThresholdPolicy(name, d["metric"], min=d.get("min"), max=d.get("max"), kind="policy",
+                           note=str(d.get("note", "")))
+
+
+def evaluate_policy(policy: ThresholdPolicy, value: float, ci: Interval | None) -> dict[str, Any]:
+    """Whether ``value`` meets ``policy``, and whether its interval is clear of the bound.
+
+    Returns ``{"met": bool | None, "confidence": "met" | "not met" | "inconclusive" | "unknown", ...}``
+    where ``confidence`` compares the whole interval with the bound.
+
+    Example:
+        >>> evaluate_policy(POLICIES["four_fifths"], 0.85, Interval(0.75, 0.95, "x"))["confidence"]
+        'inconclusive'
+    """
+    if not math.isfinite(value):
+        return {"met": None, "confidence": "unknown", "bound": policy.describe()}
+    ok = (lambda v: v >= policy.min) if policy.min is not None else (lambda v: v <= policy.max)
+    met = bool(ok(value))
+    confidence = "unknown"
+    if ci is not None:
+        lo_ok, hi_ok = ok(ci.low), ok(ci.high)
+        confidence = "met" if lo_ok and hi_ok else "not met" if not lo_ok and not hi_ok else "inconclusive"
+    return {"met": met, "confidence": confidence, "bound": policy.describe()}
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control), nan kept as nan.
+
+    The i-th smallest of m p-values is multiplied by ``m - i + 1``, made monotone with a
+    running maximum and capped at 1 (Holm 1979).
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03]).round(4).tolist()
+        [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out
+
+
+def binary_labels(values: Any, *, what: str, positive: Any = None) -> np.ndarray:
+    """``values`` as a 0/1 int array: equal to ``positive`` when given, else values in {0, 1}.
+
+    Raises:
+        InputError: the values are not binary (naming the values found) and no positive
+            value was given, or ``positive`` does not occur.
+
+    Example:
+        >>> binary_labels([">50K", "<=50K"], what="label", positive=">50K").tolist()
+        [1, 0]
+    """
+    import pandas as pd
+
+    s = pd.Series(values)
+    if s.isna().any():
+        rows = s.index[s.isna()].tolist()
+        raise InputError(f"{what}: {len(rows)} missing values (rows {_some(rows)}); every row needs one")
+    if positive is not None:
+        match = s.astype(str) == str(positive)
+        if not match.any():
+            raise InputError(f"{what}: no value equals the positive value {positive!r}; "
+                             f"values found: {_some(sorted(s.astype(str).unique()))}")
+        return match.to_numpy().astype(np.int64)
+    uniq = pd.unique(s)
+    if s.dtype == bool:
+        return s.to_numpy().astype(np.int64)
+    try:
+        as_num = pd.to_numeric(s)
+    except (ValueError, TypeError):
+        as_num = None
+    if as_num is None or not set(np.unique(as_num.to_numpy())) <= {0, 1}:
+        raise InputError(
+            f"{what}: binary metrics need labels in {{0, 1}} (1 = positive), got {len(uniq)} distinct values "
+            f"{_some([str(u) for u in uniq[:20]])}; say which value is the positive one (positive_label)"
+        )
+    return as_num.to_numpy().astype(np.int64)
+
+
+# -- the engine ----------------------------------------------------------------------------
+MetricArg = "str | RateMetric | Callable[[np.ndarray, np.ndarray], float]"
+
+
+@dataclass
+class Disaggregation:
+    """Results of :func:`disaggregate`: read with :meth:`overall`, :meth:`by_group`,
+    :meth:`groups`, :meth:`gap`, :meth:`tests`; ``frame`` is the Fairlearn MetricFrame."""
+
+    frame: Any
+    metric_names: tuple[str, ...]
+    higher_is_better: dict[str, bool]
+    columns: tuple[str, ...]
+    group_sizes: dict[tuple[str, ...], int]
+    min_group_size: int
+    _overall: dict[str, tuple[float, Interval | None, tuple[str, ...]]] = field(default_factory=dict)
+    _groups: dict[str, list[GroupValue]] = field(default_factory=dict)
+    _gaps: dict[tuple[str, str], Gap] = field(default_factory=dict)
+    _tests: list[GapTest] = field(default_factory=list)
+    _draws: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    confidence: float = 0.95
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.group_sizes.values()))
+
+    @property
+    def small_groups(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(g for g, n in self.group_sizes.items() if n < self.min_group_size)
+
+    def overall(self, metric: str) -> tuple[float, Interval | None]:
+        v, ci, _ = self._overall[metric]
+        return v, ci
+
+    def overall_warnings(self, metric: str) -> tuple[str, ...]:
+        return self._overall[metric][2]
+
+    def by_group(self, metric: str) -> dict[tuple[str, ...], float]:
+        return {g.group: g.value for g in self._groups[metric]}
+
+    def groups(self, metric: str) -> list[GroupValue]:
+        return list(self._groups[metric])
+
+    def gap(self, metric: str, kind: str = "difference") -> Gap:
+        """``kind``: ``difference``, ``ratio``, ``difference_to_overall``, ``ratio_to_overall``."""
+        return self._gaps[(metric, kind)]
+
+    def tests(self) -> list[GapTest]:
+        """Group-vs-rest tests of the rate metrics, with Holm's correction over all of them."""
+        return list(self._tests)
+
+    def combined_gap(self, name: str, metrics: Sequence[str], kind: str = "difference",
+                     agg: Literal["max", "min"] = "max") -> Gap:
+        """A gap that aggregates per-metric gaps per resample, e.g. Fairlearn's equalized odds
+        difference = max(TPR difference, FPR difference) (``agg="max"``) or equalized odds
+        ratio = min of the two ratios (``agg="min"``)."""
+        parts = [self.gap(m, kind) for m in metrics]
+        f = np.fmax if agg == "max" else np.fmin
+        pick = (lambda vals: float(f.reduce(np.asarray(vals, dtype=np.float64))))
+        value = pick([g.value for g in parts]) if all(math.isfinite(g.value) for g in parts) else math.nan
+        value_all = pick([g.value_all_groups for g in parts]) \
+            if all(math.isfinite(g.value_all_groups) for g in parts) else math.nan
+        draws = [self._gap_draws(m, kind) for m in metrics]
+        ci = None
+        if all(d is not None for d in draws) and math.isfinite(value):
+            stacked = np.stack(draws)  # NaN in any part makes the combined draw undefined
+            combined = np.where(np.isnan(stacked).any(0), np.nan, f.reduce(stacked, axis=0))
+            ci = _percentile(combined, self.confidence)
+        warnings_ = tuple(dict.fromkeys(w for g in parts for w in g.warnings))
+        return Gap(name, kind, value, ci, value_all, parts[0].groups, parts[0].excluded_small,
+                   warnings=warnings_)
+
+    def _gap_draws(self, metric: str, kind: str) -> np.ndarray | None:
+        if metric not in self._draws:
+            return None
+        overall_b, groups_b = self._draws[metric]
+        eligible = self._eligible_mask(metric)
+        return _gap_statistic(groups_b[:, eligible], overall_b, kind)
+
+    def _eligible_mask(self, metric: str) -> np.ndarray:
+        return np.array([not g.small and math.isfinite(g.value) for g in self._groups[metric]], dtype=bool)
+
+
+def disaggregate(
+    y_true: Any,
+    y_pred: Any,
+    sensitive: Any,
+    *,
+    metrics: Sequence[Any] | Mapping[str, Any] = ("selection_rate",),
+    min_group_size: int = 30,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clusters: Any = None,
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> Disaggregation:
+    """Every metric overall and by group, with bootstrap intervals, gaps and group-vs-rest tests.
+
+    Args:
+        y_true: labels, 1-D (0/1 for the rate metrics; anything the callables accept otherwise;
+            ``None`` when the metrics only read ``y_pred``, e.g. a mean score).
+        y_pred: predictions or scores, 1-D, same length.
+        sensitive: a Series (one sensitive feature) or DataFrame (several: intersectional groups).
+        metrics: names of :data:`RATE_METRICS`, :class:`RateMetric` objects, or a mapping of
+            name -> callable ``metric(y_true, y_pred) -> float`` (any metric).
+        min_group_size: groups with fewer rows are reported and flagged; the gaps are taken
+            over the other groups.
+        n_resamples: bootstrap resamples (0: no intervals).
+        confidence: of the intervals.
+        seed: of the bootstrap.
+        clusters: optional cluster id per row (e.g. the prompt template of a completion): the
+            bootstrap then resamples clusters, keeping each cluster's rows of every group
+            together, so that groups compared on the same clusters stay paired.
+        higher_is_better: direction of callables (default True).
+
+    Raises:
+        InputError: lengths differ, a rate metric gets non-binary labels or predictions, or
+            there is no row.
+    """
+    import pandas as pd
+    from fairlearn.metrics import MetricFrame
+
+    if not 0 < confidence < 1:
+        raise SpecError(f"confidence must be in (0, 1), got {confidence!r}")
+    sens = sensitive.to_frame() if isinstance(sensitive, pd.Series) else pd.DataFrame(sensitive)
+    sens = sens.reset_index(drop=True).astype(str)
+    # MetricFrame needs string column names; an unnamed Series gets Fairlearn's default name.
+    sens.columns = [f"sensitive_feature_{i}" if c is None or isinstance(c, int) else str(c)
+                    for i, c in enumerate(sens.columns)]
+    y_pred = np.asarray(y_pred)
+    n = len(y_pred)
+    if n == 0:
+        raise InputError("no rows to disaggregate")
+    y_true = np.zeros(n, dtype=np.int64) if y_true is None else np.asarray(y_true)
+    if len(y_true) != n or len(sens) != n:
+        raise InputError(f"lengths differ: y_true {len(y_true)}, y_pred {n}, sensitive features {len(sens)}")
+
+    rate: dict[str, RateMetric] = {}
+    custom: dict[str, Callable[..., float]] = {}
+    items = metrics.items() if isinstance(metrics, Mapping) else [(None, m) for m in metrics]
+    for name, m in items:
+        if isinstance(m, str):
+            if m not in RATE_METRICS:
+                raise SpecError(f"unknown metric {m!r}; built-in rate metrics: {', '.join(RATE_METRICS)}, "
+                                "or pass a callable")
+            rate[m] = RATE_METRICS[m]
+        elif isinstance(m, RateMetric):
+            rate[name or m.name] = m
+        elif callable(m):
+            custom[name or getattr(m, "__name__", "metric")] = m
+        else:
+            raise SpecError(f"metric {name!r}: expected a name, a RateMetric or a callable, got {m!r}")
+    if rate:
+        for arr, what in ((y_true, "y_true"), (y_pred, "y_pred")):
+            vals = set(np.unique(arr).tolist())
+            if not vals <= {0, 1, True, False}:
+                raise InputError(f"{what}: the rate metrics ({', '.join(rate)}) need binary values in {{0, 1}}, "
+                                 f"got {len(vals)} distinct values {_some(sorted(map(str, vals)))}")
+        y_true = y_true.astype(np.int64)
+        y_pred = y_pred.astype(np.int64)
+
+    fns = {name: m.fn() for name, m in rate.items()}
+    fns |= custom
+    if "base_rate" in rate:  # the share of positive labels: Fairlearn's mean_prediction of y_true
+        from fairlearn.metrics import mean_prediction
+
+        fns["base_rate"] = lambda yt, yp: mean_prediction(yp, yt)
+    with warnings.catch_warnings():
+        # sklearn warns on 0/0 rates (and returns 0); we report those as nan with our own warning.
+        warnings.simplefilter("ignore")
+        frame = MetricFrame(metrics=fns, y_true=y_true, y_pred=y_pred, sensitive_features=sens)
+
+    codes, uniques = _group_codes(sens)
+    group_keys = [tuple(str(v) for v in u) for u in uniques]
+    sizes = np.bincount(codes, minlength=len(group_keys))
+    d = Disaggregation(
+        frame=frame, metric_names=tuple(fns), columns=tuple(sens.columns),
+        higher_is_better={**{k: m.higher_is_better for k, m in rate.items()},
+                          **{k: (higher_is_better or {}).get(k, True) for k in custom}},
+        group_sizes={g: int(s) for g, s in zip(group_keys, sizes)}, min_group_size=min_group_size,
+        confidence=confidence,
+    )
+    rng = np.random.default_rng(seed)
+    small = sizes < min_group_size
+    by_group = frame.by_group
+
+    # Rate metrics: confusion counts per group, bootstrap = one multinomial per group.
+    if rate:
+        cells = y_true * 2 + y_pred  # tn=0, fp=1, fn=2, tp=3
+        counts = np.zeros((len(group_keys), 4), dtype=np.int64)
+        np.add.at(counts, (codes, cells), 1)
+        draws = None
+        if n_resamples > 0:
+            draws = np.stack([rng.multinomial(sizes[g], counts[g] / sizes[g], size=n_resamples)
+                              for g in range(len(group_keys))], axis=1)  # [B, G, 4]
+        for name, m in rate.items():
+            group_vals = m.from_counts(counts)
+            overall_val = float(m.from_counts(counts.sum(0)))
+            # Fairlearn's point values, except that an empty denominator is nan (it says 0).
+            fl = _frame_values(by_group[name], group_keys, len(sens.columns))
+            group_vals = np.where(np.isnan(group_vals), np.nan, fl)
+            if math.isfinite(overall_val):
+                overall_val = float(frame.overall[name])
+            boot_g = boot_o = None
+            if draws is not None:
+                boot_g = m.from_counts(draws)  # [B, G]
+                boot_o = m.from_counts(draws.sum(1))
+            _fill_metric(d, name, group_keys, sizes, small, group_vals, overall_val, boot_g, boot_o,
+                         undefined=f"no {m.den_label} in this group: {name} is undefined (nan), not 0",
+                         overall_undefined=f"no {m.den_label} in the data: {name} is undefined",
+                         proportions=_proportions(m, counts))
+        d._tests = _fisher_tests(rate, counts, group_keys)
+
+    # Any other metric: resample rows (or clusters) and call it.
+    if custom:
+        group_vals = {name: _frame_values(by_group[name], group_keys, len(sens.columns)) for name in custom}
+        overall_vals = {name: float(frame.overall[name]) for name in custom}
+        boot = {name: (np.full((n_resamples, len(group_keys)), np.nan), np.full(n_resamples, np.nan))
+                for name in custom}
+        if n_resamples > 0:
+            for b, idx in enumerate(_resample_indices(codes, len(group_keys), rng, n_resamples, clusters)):
+                c = codes[idx]
+                for name, fn in custom.items():
+                    boot[name][1][b] = _safe(fn, y_true[idx], y_pred[idx])
+                    for g in range(len(group_keys)):
+                        sel = idx[c == g]
+                        if sel.size:
+                            boot[name][0][b, g] = _safe(fn, y_true[sel], y_pred[sel])
+        for name in custom:
+            bg, bo = boot[name] if n_resamples > 0 else (None, None)
+            _fill_metric(d, name, group_keys, sizes, small, group_vals[name], overall_vals[name], bg, bo,
+                         undefined=f"{name} is undefined (nan) on this group",
+                         overall_undefined=f"{name} is undefined (nan) on the data")
+    return d
+
+
+def _fill_metric(d: Disaggregation, name: str, keys: list[tuple[str, ...]], sizes: np.ndarray, small: np.ndarray,
+                 values: np.ndarray, overall: float, boot_g: np.ndarray | None, boot_o: np.ndarray | None,
+                 *, undefined: str, overall_undefined: str,
+                 proportions: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Record one metric's groups, overall value and gaps. ``proportions`` (successes and trials
+    per group, last entry the overall) switches the per-value intervals to Wilson's, which
+    hold at small n and at rates of 0 or 1, where a percentile bootstrap collapses."""
+    conf = d.confidence
+
+    def wilson(i: int) -> Interval | None:
+        s, t = proportions[0][i], proportions[1][i]
+        return wilson_interval(int(s), int(t), confidence=conf) if t > 0 else None
+
+    groups = []
+    for g, key in enumerate(keys):
+        w = []
+        if small[g]:
+            w.append(f"small group: n={int(sizes[g])} < min_group_size={d.min_group_size}; reported and flagged, "
+                     "left out of the gaps")
+        v = float(values[g])
+        if not math.isfinite(v):
+            w.append(undefined)
+        ci = None
+        if math.isfinite(v):
+            ci = wilson(g) if proportions is not None else _percentile(boot_g[:, g], conf) if boot_g is not None else None
+        den = int(proportions[1][g]) if proportions is not None else None
+        groups.append(GroupValue(key, v, ci, int(sizes[g]), bool(small[g]), tuple(w), den))
+    d._groups[name] = groups
+    o_ci = None
+    if math.isfinite(overall):
+        o_ci = wilson(-1) if proportions is not None else _percentile(boot_o, conf) if boot_o is not None else None
+    d._overall[name] = (overall, o_ci, () if math.isfinite(overall) else (overall_undefined,))
+    if boot_g is not None:
+        d._draws[name] = (boot_o, boot_g)
+
+    vals = np.array([gv.value for gv in groups])
+    eligible = d._eligible_mask(name)
+    defined = np.isfinite(vals)
+    excluded = tuple(k for k, s in zip(keys, small) if s)
+    undefined_groups = [k for k, ok in zip(keys, defined) if not ok]
+    for kind in ("difference", "ratio", "difference_to_overall", "ratio_to_overall"):
+        w: list[str] = []
+        value = float(_gap_statistic(vals[eligible][None, :], np.array([overall]), kind)[0])
+        value_all = float(_gap_statistic(vals[defined][None, :], np.array([overall]), kind)[0])
+        if undefined_groups:
+            w.append(f"{name} is undefined on {_some([_label(k) for k in undefined_groups])}: left out of the gap")
+        if excluded:
+            w.append(f"small groups left out (n < {d.min_group_size}): {_some([_label(k) for k in excluded])}; "
+                     f"over all groups the {kind} is {value_all:.4g}")
+        if int(eligible.sum()) < 2 and not kind.endswith("to_overall"):
+            w.append(f"fewer than 2 groups with n >= {d.min_group_size} and a defined {name} "
+                     f"({int(eligible.sum())} of {len(keys)}): no gap between groups can be measured")
+            value = math.nan
+        elif int(eligible.sum()) < 1:
+            w.append(f"no group with n >= {d.min_group_size} and a defined {name}")
+            value = math.nan
+        if kind.startswith("ratio") and math.isnan(value) and int(eligible.sum()) >= 2:
+            w.append(f"ratio undefined: the largest {name} is 0 (0/0)")
+        ci = None
+        if boot_g is not None and math.isfinite(value):
+            ci = _percentile(_gap_statistic(boot_g[:, eligible], boot_o, kind), conf)
+        lo = hi = None
+        if eligible.any() and not kind.endswith("to_overall"):
+            ek = [k for k, e in zip(keys, eligible) if e]
+            ev = vals[eligible]
+            lo, hi = ek[int(np.argmin(ev))], ek[int(np.argmax(ev))]
+        d._gaps[(name, kind)] = Gap(name, kind, value, ci, value_all, tuple(keys), excluded, lo, hi, tuple(w))
+
+
+def _proportions(m: RateMetric, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    full = np.concatenate([counts, counts.sum(0, keepdims=True)])
+    return full[:, list(m.num)].sum(1), full[:, list(m.den)].sum(1)
+
+
+def _gap_statistic(group_vals: np.ndarray, overall: np.ndarray, kind: str) -> np.ndarray:
+    """Fairlearn's difference/ratio, per row of ``group_vals`` [B, G] (nan-aware)."""
+    b = group_vals.shape[0]
+    if group_vals.shape[1] == 0:
+        return np.full(b, np.nan)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows give nan, as they should
+        mx, mn = np.nanmax(group_vals, 1), np.nanmin(group_vals, 1)
+        if kind == "difference":
+            return mx - mn
+        if kind == "ratio":
+            return np.where(mx > 0, mn / np.where(mx > 0, mx, 1.0), np.nan)
+        o = overall[:, None]
+        if kind == "difference_to_overall":
+            return np.nanmax(np.abs(group_vals - o), 1)
+        if kind == "ratio_to_overall":
+            # Fairlearn: min over groups of min(g/o, o/g); nan when a term is 0/0.
+            r = np.fmin(group_vals / o, o / group_vals)
+            r = np.where((group_vals == 0) & (o == 0), np.nan, r)
+            r = np.where(np.isinf(r), 0.0, r)
+            return np.nanmin(r, 1)
+    raise ValueError(f"unknown gap kind {kind!r}")
+
+
+def _fisher_tests(rate: Mapping[str, RateMetric], counts: np.ndarray, keys: list[tuple[str, ...]]) -> list[GapTest]:
+    from scipy.stats import fisher_exact
+
+    tests = []
+    total = counts.sum(0)
+    if len(keys) < 2:
+        return tests
+    for name, m in rate.items():
+        for g, key in enumerate(keys):
+            s_g, t_g = m.successes_trials(counts[g])
+            s_r, t_r = m.successes_trials(total - counts[g])
+            if t_g == 0 or t_r == 0:
+                continue
+            p = float(fisher_exact([[s_g, t_g - s_g], [s_r, t_r - s_r]]).pvalue)
+            tests.append(GapTest(name, key, s_g / t_g, s_r / t_r, s_g / t_g - s_r / t_r, p))
+    adjusted = holm([t.p_value for t in tests])
+    return [GapTest(t.metric, t.group, t.value, t.rest_value, t.difference, t.p_value, float(a))
+            for t, a in zip(tests, adjusted)]
+
+
+def _group_codes(sens: Any) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """Integer group id per row, and the groups in sorted order (as MetricFrame sorts them)."""
+    keys = list(map(tuple, sens.to_numpy()))
+    uniques = sorted(set(keys))
+    lookup = {k: i for i, k in enumerate(uniques)}
+    return np.fromiter((lookup[k] for k in keys), dtype=np.int64, count=len(keys)), uniques
+
+
+def _frame_values(series: Any, keys: list[tuple[str, ...]], ncols: int) -> np.ndarray:
+    out = np.full(len(keys), np.nan)
+    for i, k in enumerate(keys):
+        try:
+            out[i] = float(series.loc[k if ncols > 1 else k[0]])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return out
+
+
+def _resample_indices(codes: np.ndarray, n_groups: int, rng: np.random.Generator, n_resamples: int,
+                      clusters: Any):
+    if clusters is None:
+        # Stratified: each group resampled within itself, so group sizes stay fixed.
+        members = [np.flatnonzero(codes == g) for g in range(n_groups)]
+        for _ in range(n_resamples):
+            yield np.concatenate([m[rng.integers(0, m.size, m.size)] for m in members if m.size])
+    else:
+        cl = np.asarray(clusters)
+        if len(cl) != len(codes):
+            raise InputError(f"clusters has {len(cl)} entries for {len(codes)} rows")
+        ids, inverse = np.unique(cl, return_inverse=True)
+        rows = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+        for _ in range(n_resamples):
+            pick = rng.integers(0, len(ids), len(ids))
+            yield np.concatenate([rows[i] for i in pick])
+
+
+def _safe(fn: Callable[..., float], yt: np.ndarray, yp: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(fn(yt, yp))
+        except (ValueError, ZeroDivisionError):
+            return math.nan
+
+
+def _percentile(draws: np.ndarray | None, confidence: float) -> Interval | None:
+    if draws is None:
+        return None
+    x = np.asarray(draws, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return None
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(x, [alpha, 1 - alpha])
+    return Interval(float(lo), float(hi), f"bootstrap-percentile-{round(confidence * 100, 2):g}")
+
+
+def _label(key: tuple[str, ...]) -> str:
+    return "+".join(key)
+
+
+def _some(items: Sequence[Any], k: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:k])
+    return shown + (f" and {len(items) - k} more" if len(items) > k else "")
