@@ -217,7 +217,10 @@ def demo(out: Path, device: str | None, no_store: bool, only: tuple[str, ...], s
     click.echo("Open the HTML reports:")
     for spec, folder in specs:
         click.echo(f"  {(folder / 'report.html').resolve().as_uri()}")
-    click.echo("See the history of audits: genai-audit store list")
+    store_arg = f" --store {store_url}" if store_url else ""
+    if not no_store:
+        click.echo(f"Open the dashboard: genai-audit dashboard{store_arg}   (http://127.0.0.1:8501)")
+    click.echo(f"See the history of audits: genai-audit store list{store_arg}")
     # The most severe outcome: a crash (3) over invalid input (2) over a failed gate (1).
     sys.exit(max(codes, default=0))
 
