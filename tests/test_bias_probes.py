@@ -454,10 +454,8 @@ def test_minilm_association_demo_part(tmp_path):
         spec = spec_from_dict(minilm_association_spec(tmp_path))
     except InputError as exc:
         pytest.skip(str(exc))
-    # The classifier itself is handed to the runner: this checks the fairness part, not the
-    # classifier loaders (tested with the robustness probes).
     r = run_audit(spec, out_dir=tmp_path / "out", use_store=False, cache_dir=tmp_path / "cache", device="cpu",
-                  show_progress=False, subject_loader=lambda *a, **k: clf)
+                  show_progress=False)
     control = r.report.finding("bias.embedding_association/effect_size[test=flowers_insects_pleasantness]")
     assert control.value > 1.0 and control.evidence["p_value"] < 0.01  # measured: 1.70, p < 1e-3
     assert [g.status for g in r.report.gates] == ["passed"]
