@@ -280,7 +280,7 @@ def schema() -> None:
 
 #: Commands that live beside the core ("module:attr" of a click command), added when their
 #: module is installed. The dashboard, for one, never imports the probes.
-OPTIONAL_COMMANDS: tuple[str, ...] = ("dashboard.cli:dashboard",)
+OPTIONAL_COMMANDS: tuple[str, ...] = ("dashboard.cli:dashboard", "probes.quality.cli:stats")
 
 
 def _add_optional_commands() -> None:

@@ -17,7 +17,7 @@ from audit.probe import ProbeContext, build_probe, probe_info, registry
 from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
 from tests import test_text_detectability, test_text_diversity
-from tests import bias_fakes
+from tests import bias_fakes, image_fakes
 
 
 def _perplexity_inputs(tmp_path):
@@ -29,6 +29,8 @@ def _perplexity_inputs(tmp_path):
 
 FAKES = {
     "quality.perplexity": _perplexity_inputs,
+    "quality.image_fidelity": image_fakes.image_fidelity_inputs,
+    "quality.clip_score": image_fakes.clip_score_inputs,
     "energy.inference": energy_inference_inputs,
     "quality.text_diversity": test_text_diversity.diversity_contract_inputs,
     "deepfake.text_detectability": test_text_detectability.detectability_contract_inputs,

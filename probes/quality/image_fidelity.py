@@ -1,0 +1,367 @@
+"""Probe ``quality.image_fidelity``: FID, KID, IS and precision/recall of generated images.
+
+One pass of features over the generated images (and one over the reference folder, or a
+statistics file read instead) feeds every metric. Features are computed in batches on the
+device; their mean and covariance are accumulated there in float64 as the batches stream
+(:class:`~probes.quality.image_functional.FeatureMoments`); images are never all in memory.
+The features themselves (N x D floats) are kept for KID, precision/recall and the bootstrap.
+
+Example (spec):
+    subject: {kind: image-generator, source: folder, path: samples/}
+    data: {reference: real-images/}            # or a file from `genai-audit stats build`
+    probes:
+      - id: quality.image_fidelity
+        params: {feature: inception, inception_weights: pt_inception-2015-12-05.pth}
+    gates:
+      - {metric: quality.image_fidelity/fid, max: 30, use: ci_high}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from audit.errors import InputError, SpecError
+from audit.findings import Finding, Interval
+from audit.images import ImageReadLog, iter_image_batches, list_images
+from audit.probe import ProbeContext, register
+from audit.stats import wilson_interval
+from probes.quality.features import FeatureExtractor, build_extractor
+from probes.quality.image_functional import (
+    FeatureMoments,
+    bootstrap_fid,
+    bootstrap_inception_score,
+    bootstrap_kid,
+    frechet_distance,
+    inception_score,
+    kid,
+    percentile_interval,
+    precision_recall,
+)
+from probes.quality.stats_file import ReferenceStats, check_compatible, load_stats
+
+__all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder"]
+
+#: Below this many samples FID is noticeably biased upwards (Chong & Forsyth, 2020).
+FID_MIN_SAMPLES = 2048
+_METRICS = ("fid", "kid", "inception_score", "precision", "recall")
+_OOM = (torch.cuda.OutOfMemoryError,)
+
+
+@dataclass
+class Collected:
+    """Features of one image set: moments (streamed), the features and logits (kept), the read log."""
+
+    moments: FeatureMoments
+    features: torch.Tensor
+    logits: torch.Tensor | None
+    log: ImageReadLog = field(default_factory=ImageReadLog)
+
+    @property
+    def n(self) -> int:
+        return self.moments.n
+
+
+def collect_features(batches: Iterable[torch.Tensor], fx: FeatureExtractor, *,
+                     keep_features: int | None = None, progress: Callable[[Any], Any] | None = None,
+                     log: ImageReadLog | None = None) -> Collected:
+    """Run ``fx`` over uint8 batches: moments accumulate on the device, features are kept
+    (the first ``keep_features`` when given), no host sync inside the loop.
+
+    Example:
+        >>> col = collect_features(subject.generate(1000, batch_size=256), fx)   # doctest: +SKIP
+        >>> col.moments.mean.shape                                               # doctest: +SKIP
+        torch.Size([2048])
+    """
+    moments = FeatureMoments()
+    feats: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    kept = 0
+    it = progress(batches) if progress is not None else batches
+    for batch in it:
+        f, lg = fx(batch)
+        if not fx.dim:
+            fx.dim = int(f.shape[1])
+        moments.update(f)
+        if keep_features is None or kept < keep_features:
+            take = f if keep_features is None else f[:keep_features - kept]
+            feats.append(take)
+            kept += take.shape[0]
+        if lg is not None:
+            logits.append(lg)
+    features = torch.cat(feats) if feats else torch.empty(0, fx.dim or 0, device=fx.device)
+    return Collected(moments, features, torch.cat(logits) if logits else None, log or ImageReadLog())
+
+
+def reference_from_folder(folder: Path, fx: FeatureExtractor, *, batch_size: int = 128,
+                          size: tuple[int, int] | None = None, keep_features: int | None = None,
+                          progress: Callable[[Any], Any] | None = None) -> Collected:
+    """Features of a folder of real images, streamed."""
+    log = ImageReadLog()
+    batches = iter_image_batches(list_images(folder), batch_size=batch_size,
+                                 mode="L" if fx.channels == 1 else "RGB", size=size, log=log)
+    return collect_features(batches, fx, keep_features=keep_features, progress=progress, log=log)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@register("quality.image_fidelity")
+@dataclass(frozen=True)
+class ImageFidelity:
+    """FID, KID, Inception Score and precision/recall of generated images against real ones.
+
+    All metrics come from one pass of features (``feature``: the FID Inception network,
+    CLIP image features, or your ``module:factory``). FID and KID carry bias-corrected
+    percentile-bootstrap intervals over the samples; IS a bootstrap over images; precision and recall a
+    Wilson interval (the manifolds held fixed). FID under 2048 samples gets a warning: it is
+    biased upwards at small n, so compare FIDs only at equal n.
+    """
+
+    id: ClassVar[str] = "quality.image_fidelity"
+    applies_to: ClassVar[tuple[str, ...]] = ("image-generator",)
+    requires: ClassVar[tuple[str, ...]] = ("generate_images",)
+
+    reference: str = field(default="reference", metadata={"help": "data input with the real images: a folder, or a .npz from `genai-audit stats build`"})
+    feature: str = field(default="inception", metadata={"help": "feature extractor: inception, clip, or module:factory"})
+    feature_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "options of a module:factory extractor (weights, input_size, channels, features, logits, ...)"})
+    inception_weights: str | None = field(default=None, metadata={"help": "local FID Inception weights (.pth / .safetensors); default: torch hub cache, else download"})
+    clip_model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture (feature: clip), or module:factory"})
+    clip_pretrained: str | None = field(default=None, metadata={"help": "open_clip pretrained tag or local weights file (feature: clip)"})
+    n_samples: int | None = field(default=None, metadata={"help": "generated images to score (default: all of a folder, else 10000)"})
+    batch_size: int = field(default=128, metadata={"help": "images per feature batch (halved on out-of-memory)"})
+    image_size: int | None = field(default=None, metadata={"help": "common side length for folders of mixed sizes (default: the first image's size)"})
+    metrics: tuple[str, ...] = field(default=_METRICS, metadata={"help": "which of fid, kid, inception_score, precision, recall"})
+    kid_subsets: int = field(default=100, metadata={"help": "KID: random subsets"})
+    kid_subset_size: int = field(default=1000, metadata={"help": "KID: samples per subset (clamped to the smaller set)"})
+    is_splits: int = field(default=10, metadata={"help": "Inception Score: splits"})
+    pr_k: int = field(default=3, metadata={"help": "precision/recall: k of the k-NN manifolds"})
+    max_features: int = field(default=10000, metadata={"help": "most samples per side kept for KID, precision/recall (memory)"})
+    n_resamples: int = field(default=100, metadata={"help": "bootstrap resamples for the FID, KID and IS intervals"})
+    confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.reference, str) or not self.reference.strip():
+            fail("reference", "the name of a data input (e.g. 'reference')")
+        if not isinstance(self.feature, str) or not (self.feature in ("inception", "clip") or ":" in self.feature):
+            fail("feature", "'inception', 'clip' or 'module:factory'")
+        if not isinstance(self.feature_options, dict):
+            fail("feature_options", "a mapping")
+        if self.feature_options and ":" not in self.feature:
+            fail("feature_options", "empty unless feature is a module:factory")
+        if self.n_samples is not None and (not _is_int(self.n_samples) or self.n_samples < 2):
+            fail("n_samples", "an integer >= 2 (or null: all of a folder)")
+        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
+            fail("image_size", "a positive integer or null")
+        for name, low in (("batch_size", 1), ("kid_subsets", 1), ("kid_subset_size", 2), ("is_splits", 1),
+                          ("pr_k", 1), ("max_features", 2), ("n_resamples", 20)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+                fail(name, f"an integer >= {low}")
+        bad = [m for m in self.metrics if m not in _METRICS]
+        if not self.metrics or bad:
+            fail("metrics", f"a non-empty list of {', '.join(_METRICS)}")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) \
+                or not 0 < self.confidence < 1:
+            fail("confidence", "a number in (0, 1), e.g. 0.95")
+
+    # -- run -------------------------------------------------------------------------------------
+    def run(self, subject: Any, ctx: ProbeContext) -> list[Finding]:
+        ref_path = ctx.input_path(self.reference)
+        device = torch.device(ctx.device)
+        fx = build_extractor(self.feature, self.feature_options, device=device,
+                             inception_weights=self.inception_weights, clip_model=self.clip_model,
+                             clip_pretrained=self.clip_pretrained)
+        size = (self.image_size, self.image_size) if self.image_size else None
+        mode = "L" if fx.channels == 1 else "RGB"
+        progress = lambda it: ctx.progress(it, desc=f"{self.id}: features")  # noqa: E731
+
+        # Generated side.
+        n_wanted = self.n_samples
+        if n_wanted is None:
+            n_wanted = getattr(subject, "num_images", None) or 10000
+        fake = self._with_backoff(lambda bs: self._generated(subject, n_wanted, bs, mode, size, ctx, fx, progress))
+        # Reference side: a statistics file, or a folder.
+        stats: ReferenceStats | None = None
+        if ref_path.is_file():
+            stats = load_stats(ref_path)
+            check_compatible(stats, fx.describe(), dim=fx.dim or None)
+            real = None
+        else:
+            real = self._with_backoff(lambda bs: reference_from_folder(
+                ref_path, fx, batch_size=bs, size=size, keep_features=self.max_features, progress=progress))
+        n_fake = fake.n
+        n_real = stats.n if stats is not None else real.n
+        if n_fake < 2:
+            raise InputError(f"{self.id}: only {n_fake} readable generated image(s); at least 2 are needed "
+                             f"({fake.log.n_skipped} skipped as unreadable)")
+        if n_real < 2:
+            raise InputError(f"{self.id}: only {n_real} readable reference image(s) in {ref_path}; at least 2 "
+                             "are needed")
+        return self._findings(fx, fake, real, stats, ctx, ref_path)
+
+    def _with_backoff(self, fn: Callable[[int], Collected]) -> Collected:
+        bs = self.batch_size
+        while True:
+            try:
+                return fn(bs)
+            except _OOM:
+                if bs == 1:
+                    raise
+                torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+
+    def _generated(self, subject: Any, n: int, bs: int, mode: str, size: Any, ctx: ProbeContext,
+                   fx: FeatureExtractor, progress: Any) -> Collected:
+        kwargs: dict[str, Any] = {"batch_size": bs, "seed": ctx.child_seed("generate")}
+        if hasattr(subject, "read_log"):  # a folder: read in the extractor's mode and common size
+            kwargs.update(mode=mode, size=size)
+        prompts = getattr(subject, "prompts", None)
+        if "prompts" in getattr(subject, "capabilities", ()) and prompts is None:
+            # A text-to-image callable: prompts come from the data input `prompts`.
+            from audit.images import read_prompts
+
+            prompts = [r["prompt"] for r in read_prompts(ctx.input_path("prompts"))]
+        if prompts is not None and not hasattr(subject, "read_log"):
+            batches = subject.generate(prompts=prompts[:n], **kwargs)
+        else:
+            batches = subject.generate(n, **kwargs)
+        col = collect_features(batches, fx, keep_features=self.max_features, progress=progress)
+        col.log = getattr(subject, "read_log", None) or ImageReadLog(read=col.n)
+        return col
+
+    # -- findings --------------------------------------------------------------------------------
+    def _findings(self, fx: FeatureExtractor, fake: Collected, real: Collected | None,
+                  stats: ReferenceStats | None, ctx: ProbeContext, ref_path: Path) -> list[Finding]:
+        n_fake = fake.n
+        real_mean = stats.mean.to(fx.device) if stats is not None else real.moments.mean
+        real_cov = stats.cov.to(fx.device) if stats is not None else real.moments.cov
+        n_real = stats.n if stats is not None else real.n
+        real_feats = (stats.features.to(fx.device) if stats is not None and stats.features is not None
+                      else (real.features if real is not None else None))
+        fake_feats = fake.features
+
+        common_warn = fake.log.warnings("generated") + (real.log.warnings("reference") if real else [])
+        if fx.name != "inception-v3-fid":
+            common_warn.insert(0, f"features of {fx.name}, not the standard FID Inception network: the values "
+                                  "compare models under this extractor only, not with published FIDs")
+        evidence = {
+            "n_generated": n_fake, "n_reference": n_real,
+            "reference": str(ref_path) + (" (statistics file)" if stats is not None else ""),
+            "extractor": {**fx.describe(), "dim": int(fake_feats.shape[1]) if fake_feats.numel() else fx.dim},
+            "generated_images": fake.log.as_evidence(),
+            **({"reference_images": real.log.as_evidence()} if real is not None else {}),
+            **({"reference_stats_meta": {k: v for k, v in stats.meta.items() if k != "extractor"}}
+               if stats is not None else {}),
+        }
+        findings: list[Finding] = []
+
+        def add(metric: str, value: float, hib: bool, ci: Interval | None, n: int, warns: list[str],
+                extra: dict[str, Any] | None = None) -> None:
+            # The first finding carries the full record (extractor, read logs); the others the counts.
+            base = evidence if not findings else {"n_generated": n_fake, "n_reference": n_real}
+            findings.append(Finding(probe=self.id, metric=metric, value=value, higher_is_better=hib, ci=ci, n=n,
+                                    warnings=tuple(common_warn + warns), evidence={**base, **(extra or {})}))
+
+        conf = self.confidence
+        method = f"bootstrap-bias-corrected-{round(conf * 100, 2):g}"
+
+        if "fid" in self.metrics:
+            warns = []
+            if min(n_fake, n_real) < FID_MIN_SAMPLES:
+                warns.append(f"n={min(n_fake, n_real)} < {FID_MIN_SAMPLES}: FID is biased upwards at small n; "
+                             "compare FIDs only at equal sample counts")
+            fid = frechet_distance(real_mean, real_cov, fake.moments.mean, fake.moments.cov)
+            boot = bootstrap_fid(fake_feats, real=real_feats if stats is None else None,
+                                 real_mean=real_mean, real_cov=real_cov, n_resamples=self.n_resamples,
+                                 generator=ctx.rng("fid-bootstrap"))
+            if fake_feats.shape[0] < n_fake or (real_feats is not None and stats is None
+                                                and real_feats.shape[0] < n_real):
+                warns.append(f"the interval resamples the first {self.max_features} features per side")
+            if stats is not None:
+                warns.append("reference from a statistics file: the interval holds the reference fixed")
+            fid_v = float(fid)
+            ci = _bias_corrected(fid_v, boot, conf, method)
+            if ci is not None and ci.low < 0:
+                ci = Interval(0.0, ci.high, ci.method)  # a distance is never negative
+            add("fid", fid_v, False, ci, n_fake, warns)
+
+        if "kid" in self.metrics:
+            if real_feats is None:
+                add("kid", math.nan, False, None, n_fake,
+                    [f"the statistics file {ref_path.name} holds no features: KID needs them (rebuild it "
+                     "with `genai-audit stats build --max-features N`)"])
+            else:
+                m = min(self.kid_subset_size, real_feats.shape[0], fake_feats.shape[0])
+                warns = ([f"kid_subset_size {self.kid_subset_size} clamped to {m} (the smaller set)"]
+                         if m < self.kid_subset_size else [])
+                mean, std, per = kid(real_feats, fake_feats, subsets=self.kid_subsets, subset_size=m,
+                                     generator=ctx.rng("kid-subsets"))
+                full = bootstrap_kid(real_feats, fake_feats, n_resamples=self.n_resamples,
+                                     generator=ctx.rng("kid-bootstrap"),
+                                     max_samples=min(4096, self.max_features))
+                # The spread of the full-sample MMD² (the quantity the subsets estimate), centred on KID.
+                ci = _bias_corrected(float(mean), full, conf, method)
+                add("kid", float(mean), False, ci, n_fake, warns,
+                    {"kid_subset_std": float(std), "subsets": self.kid_subsets, "subset_size": m,
+                     "degree": 3, "coef": 1.0, "gamma": "1/dim"})
+
+        if "inception_score" in self.metrics:
+            if fake.logits is None:
+                add("inception_score", math.nan, True, None, n_fake,
+                    [f"the feature extractor {fx.name} has no class logits: no Inception Score"])
+            else:
+                splits = max(1, min(self.is_splits, fake.logits.shape[0] // 2))
+                s, sd, _ = inception_score(fake.logits, splits=splits)
+                boot = bootstrap_inception_score(fake.logits, splits=splits, n_resamples=self.n_resamples,
+                                                 generator=ctx.rng("is-bootstrap"))
+                iv = percentile_interval(boot, conf)
+                ci = Interval(iv[0], iv[1], f"bootstrap-percentile-{round(conf * 100, 2):g}") if iv else None
+                warns = ([f"Inception Score from the logits of {fx.name}, not the Inception network: "
+                          "comparable only with the same extractor"] if fx.name != "inception-v3-fid" else [])
+                add("inception_score", float(s), True, ci, n_fake, warns,
+                    {"split_std": float(sd), "splits": splits})
+
+        if "precision" in self.metrics or "recall" in self.metrics:
+            if real_feats is None:
+                for metric in ("precision", "recall"):
+                    if metric in self.metrics:
+                        add(metric, math.nan, True, None, n_fake,
+                            [f"the statistics file {ref_path.name} holds no features: {metric} needs them"])
+            else:
+                k = min(self.pr_k, real_feats.shape[0] - 1, fake_feats.shape[0] - 1)
+                warns = [f"pr_k {self.pr_k} clamped to {k}"] if k < self.pr_k else []
+                p, r, in_real, in_fake = precision_recall(real_feats, fake_feats, k=k)
+                hits_p, hits_r = int(in_real.sum()), int(in_fake.sum())
+                if "precision" in self.metrics:
+                    add("precision", float(p), True, wilson_interval(hits_p, in_real.numel(), confidence=conf),
+                        in_real.numel(), warns, {"k": k, "inside": hits_p})
+                if "recall" in self.metrics:
+                    add("recall", float(r), True, wilson_interval(hits_r, in_fake.numel(), confidence=conf),
+                        in_fake.numel(), warns, {"k": k, "inside": hits_r})
+        return findings
+
+
+def _bias_corrected(value: float, boot: torch.Tensor, confidence: float, method: str) -> Interval | None:
+    """The percentile bootstrap interval shifted by the bootstrap's bias estimate:
+    ``[v - (mean_b - q_lo), v + (q_hi - mean_b)]``.
+
+    FID (and the MMD² U-statistic over a resample with duplicates) of a bootstrap resample
+    is biased upwards, so the plain percentile interval sits above the estimate, and the
+    "basic" interval ``[2v - q_hi, 2v - q_lo]`` can exclude it when the bias exceeds the
+    spread. Removing the estimated bias keeps the spread and centres it on the estimate.
+    """
+    iv = percentile_interval(boot, confidence)
+    v = boot[torch.isfinite(boot)]
+    if iv is None or not math.isfinite(value) or v.numel() < 2:
+        return None
+    centre = float(v.mean())
+    return Interval(value - (centre - iv[0]), value + (iv[1] - centre), method)
