@@ -1,0 +1,453 @@
+"""FGSM and PGD in plain torch: batched on the device, no host synchronisation in the step loop.
+
+The attacks follow the reference formulation that ART implements (so that the two agree
+exactly where no randomness is involved):
+
+* a step moves ``x`` by ``step_size * sign(g)`` (L-inf) or ``step_size * g / ||g||_2`` (L2), where
+  ``g`` is the gradient of the cross-entropy (ascending for untargeted attacks, descending towards
+  the target for targeted ones); non-finite gradient entries are replaced by 0;
+* the result is clipped to the input range, then the perturbation is projected onto the eps ball;
+* PGD's random start is uniform in the ball (L-inf cube or L2 ball), clipped to the input range;
+  with ``restarts > 1`` a later restart replaces the example where it succeeds and the kept one
+  does not. FGSM is one step of size eps from the clean input.
+
+Per sample the engine also flags a non-finite gradient (at any step) and an all-zero gradient
+at the first step: the second is what saturated softmaxes, quantisation or ``argmax`` layers
+give, and a robust accuracy measured through it is not to be trusted (gradient masking).
+
+Everything inside the step loop stays on the device; the only host synchronisations are the
+input checks before it. :func:`run_batched` splits a dataset into batches, picks the batch size
+from free GPU memory, and halves it on out-of-memory.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> torch.manual_seed(0)                                    # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    >>> x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
+    >>> res = pgd(model, x, y, eps=0.1, steps=5, input_range=(0.0, 1.0))
+    >>> bool((res.x_adv - x).abs().max() <= 0.1 + 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audit.errors import InputError, SpecError
+from audit.loading_classifier import InputSpaceModel
+
+__all__ = [
+    "AttackResult",
+    "InputSpaceModel",
+    "NotDifferentiableError",
+    "auto_batch_size",
+    "check_inputs",
+    "check_labels",
+    "eval_mode",
+    "fgsm",
+    "looks_like_probabilities",
+    "perturbation_norms",
+    "pgd",
+    "resolve_model",
+    "run_batched",
+]
+
+Norm = Literal["linf", "l2"]
+NORMS = ("linf", "l2")
+#: Outputs that are non-negative, at most 1 and sum to 1 per row within this are probabilities.
+_PROBABILITY_TOL = 1e-3
+
+
+class NotDifferentiableError(InputError):
+    """The model's logits do not depend differentiably on its input (no gradient to attack)."""
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack produced, per sample (all tensors on the attack's device).
+
+    Attributes:
+        x_adv: the adversarial inputs, same shape as ``x``.
+        logits: float32 logits at ``x_adv`` (detached).
+        success: bool [N]; untargeted: ``argmax != y``; targeted: ``argmax == target``.
+        zero_grad: bool [N]; the loss gradient was exactly zero at the first step.
+        nonfinite_grad: bool [N]; the gradient had a NaN or infinite entry at some step.
+    """
+
+    x_adv: torch.Tensor
+    logits: torch.Tensor
+    success: torch.Tensor
+    zero_grad: torch.Tensor
+    nonfinite_grad: torch.Tensor
+
+    @staticmethod
+    def cat(parts: list[AttackResult]) -> AttackResult:
+        return AttackResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                              ("x_adv", "logits", "success", "zero_grad", "nonfinite_grad")))
+
+
+# -- the model -------------------------------------------------------------------------------------
+def resolve_model(model: Any, input_range: tuple[float, float] | None = None
+                  ) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module | None, tuple[float, float]]:
+    """``(logits function, torch module or None, input range)`` for a module or a Classifier subject.
+
+    A :class:`~audit.subjects.Classifier` (anything with ``logits`` and ``input_range``) is called
+    through ``logits``; an :class:`InputSpaceModel` brings its own range; a bare module or callable
+    needs ``input_range``.
+
+    Raises:
+        SpecError: no input range is known, or it is not ``low < high``.
+    """
+    if callable(getattr(model, "logits", None)) and not isinstance(model, nn.Module):
+        fn, module = model.logits, getattr(model, "model", None)
+        own = getattr(model, "input_range", None)
+    else:
+        fn, module, own = model, model if isinstance(model, nn.Module) else None, getattr(model, "input_range", None)
+    rng = input_range if input_range is not None else own
+    if rng is None:
+        raise SpecError("the attack needs the model's input range, e.g. input_range=(0.0, 1.0)")
+    lo, hi = float(rng[0]), float(rng[1])
+    if not lo < hi:
+        raise SpecError(f"input_range must be (low, high) with low < high, got {rng!r}")
+    return fn, module if isinstance(module, nn.Module) else None, (lo, hi)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """Put ``module`` in eval mode and restore every submodule's own train/eval flag afterwards.
+
+    Example:
+        >>> net = nn.Sequential(nn.Dropout(), nn.Linear(2, 2)).train()
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    if module is None or not hasattr(module, "modules"):
+        yield
+        return
+    saved = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def check_inputs(x: torch.Tensor, input_range: tuple[float, float], *, what: str = "inputs") -> None:
+    """Raise :class:`InputError` when ``x`` is not finite or leaves ``input_range`` (one sync)."""
+    lo, hi = input_range
+    if not x.is_floating_point():
+        raise InputError(f"{what} must be floating point in {list(input_range)}, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    stats = torch.stack([x.amin().float(), x.amax().float(), torch.isfinite(x).all().float()]).tolist()
+    if stats[2] < 1:
+        raise InputError(f"{what} contain NaN or infinite values")
+    tol = 1e-6 * (hi - lo)
+    if stats[0] < lo - tol or stats[1] > hi + tol:
+        raise InputError(f"{what} lie in [{stats[0]:.4g}, {stats[1]:.4g}], outside the declared input range "
+                         f"[{lo:g}, {hi:g}]; scale them to the range or declare the range the model expects "
+                         "(subject.options.input_range)")
+
+
+def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "labels") -> None:
+    """Raise :class:`InputError` when a label is not an integer class index in ``0..num_classes-1``."""
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
+        raise InputError(f"{what} must be a 1-D integer tensor of class indices, got {y.dtype} of shape {list(y.shape)}")
+    if y.numel() == 0:
+        return
+    lo, hi = torch.stack([y.min(), y.max()]).tolist()
+    if lo < 0 or hi >= num_classes:
+        raise InputError(f"{what} range over [{lo}, {hi}] but the classifier has {num_classes} classes "
+                         f"(expected 0..{num_classes - 1})")
+
+
+def looks_like_probabilities(out: torch.Tensor) -> bool:
+    """Whether a model's outputs look like probabilities (rows in [0, 1] summing to 1), not logits.
+
+    Cross-entropy on probabilities has tiny, saturating gradients: attacks through them are weak and
+    robust accuracy is overstated. Log-probabilities are fine (cross-entropy is the same).
+
+    Example:
+        >>> looks_like_probabilities(torch.softmax(torch.randn(4, 3), 1)), looks_like_probabilities(torch.randn(4, 3))
+        (True, False)
+    """
+    if out.ndim != 2 or out.numel() == 0 or out.shape[1] < 2:
+        return False
+    o = out.detach().float()
+    ok = (o.min() >= 0) & (o.max() <= 1) & ((o.sum(1) - 1).abs().max() <= _PROBABILITY_TOL)
+    return bool(ok)
+
+
+def perturbation_norms(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-sample L-inf or L2 norm of ``delta`` [N, ...] (float32, [N])."""
+    flat = delta.detach().flatten(1).float()
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def _check_budget(eps: float, norm: str, input_range: tuple[float, float], dims: int) -> None:
+    if norm not in NORMS:
+        raise SpecError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    width = input_range[1] - input_range[0]
+    limit = width if norm == "linf" else width * math.sqrt(dims)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= limit:
+        what = "the input range's width" if norm == "linf" else "the input space's diameter (width * sqrt(dims))"
+        raise SpecError(f"eps={eps!r} is outside the input range: an {norm} budget must be in [0, {limit:g}] "
+                        f"({what}) for inputs in [{input_range[0]:g}, {input_range[1]:g}]")
+
+
+# -- the attacks -----------------------------------------------------------------------------------
+def fgsm(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm = "linf", targeted: bool = False,
+         input_range: tuple[float, float] | None = None, autocast: torch.dtype | None = None) -> AttackResult:
+    """Fast gradient (sign) method: one step of size ``eps`` from ``x``.
+
+    Args:
+        model: a torch module, an :class:`InputSpaceModel` or a Classifier subject (logits out).
+        x: inputs [N, ...] in the input range, on the model's device.
+        y: int64 labels [N] (the targets when ``targeted``).
+        eps: the budget in input units (``8 / 255`` for images in [0, 1]).
+        norm: ``"linf"`` (sign of the gradient) or ``"l2"`` (normalised gradient).
+        targeted: step towards ``y`` instead of away from it.
+        input_range: needed when ``model`` does not carry one.
+        autocast: e.g. ``torch.bfloat16`` for screening runs; None (float32) for gates.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> r = fgsm(net, torch.rand(3, 4), torch.tensor([0, 1, 0]), 0.05, input_range=(0.0, 1.0))
+        >>> r.x_adv.shape, r.success.dtype
+        (torch.Size([3, 4]), torch.bool)
+    """
+    return pgd(model, x, y, eps, norm=norm, steps=1, step_size=eps, random_start=False, restarts=1,
+               targeted=targeted, input_range=input_range, autocast=autocast)
+
+
+def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm = "linf", steps: int = 10,
+        step_size: float | None = None, random_start: bool = True, restarts: int = 1, targeted: bool = False,
+        input_range: tuple[float, float] | None = None, generator: torch.Generator | None = None,
+        autocast: torch.dtype | None = None) -> AttackResult:
+    """Projected gradient descent (Madry et al.) in an L-inf or L2 ball of radius ``eps``.
+
+    Args:
+        model, x, y, eps, norm, targeted, input_range, autocast: as for :func:`fgsm`.
+        steps: gradient steps per restart.
+        step_size: step length in input units; default ``2.5 * eps / steps`` (Madry et al.).
+        random_start: start uniformly inside the ball (else at ``x``).
+        restarts: independent random starts; a sample counts as broken if any restart breaks it.
+        generator: the random starts' generator (a CPU one is turned into one seed for the device).
+
+    Returns:
+        An :class:`AttackResult` whose ``x_adv`` satisfies ``||x_adv - x|| <= eps`` and lies in the
+        input range.
+
+    Raises:
+        SpecError: eps outside the input range's budget, a bad norm, steps or restarts.
+        InputError: ``x`` outside the input range.
+        NotDifferentiableError: the logits have no gradient with respect to the input.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> r = pgd(net, torch.rand(3, 4), torch.tensor([0, 1, 0]), 0.5, norm="l2", input_range=(0.0, 1.0))
+        >>> bool(((r.x_adv - r.x_adv.clamp(0, 1)).abs().max() == 0))
+        True
+    """
+    fn, module, (lo, hi) = resolve_model(model, input_range)
+    _check_budget(eps, norm, (lo, hi), x[0].numel() if x.ndim else 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SpecError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise SpecError(f"restarts must be an integer >= 1, got {restarts!r}")
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        if eps == 0:
+            alpha = 0.0
+        else:
+            raise SpecError(f"step_size must be a positive number, got {step_size!r}")
+    if x.shape[0] != y.shape[0]:
+        raise InputError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+    check_inputs(x, (lo, hi))
+    x = x.detach().float()
+    y = y.detach().to(x.device, torch.long)
+    if not random_start:
+        restarts = 1  # identical runs
+    gen = _device_generator(generator, x.device) if random_start else None
+    # Ascend the loss (untargeted) or descend it towards the target: one sign for the whole loop.
+    sign = -1.0 if targeted else 1.0
+    amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
+           else contextlib.nullcontext())
+
+    best_x = x
+    best_logits: torch.Tensor | None = None
+    best_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    zero_grad = torch.zeros_like(best_success)
+    nonfinite = torch.zeros_like(best_success)
+    with eval_mode(module), torch.enable_grad():
+        for r in range(restarts):
+            x_adv = x.clone()
+            if random_start and eps > 0:
+                x_adv = (x_adv + _random_in_ball(x, eps, norm, gen)).clamp_(lo, hi)
+            for i in range(steps):
+                x_adv.requires_grad_(True)
+                with amp:
+                    logits = fn(x_adv)
+                if not logits.requires_grad:
+                    raise NotDifferentiableError(
+                        "the classifier's logits do not depend differentiably on its input (the output has no "
+                        "gradient: a torch.no_grad, .detach(), argmax or non-torch step inside the model?); "
+                        "gradient attacks cannot run on it")
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
+                if grad is None:
+                    raise NotDifferentiableError(
+                        "the classifier's logits do not depend on its input through autograd (its gradient "
+                        "with respect to the input is None: the input is detached inside the model)")
+                x_adv = x_adv.detach()
+                finite = torch.isfinite(grad)
+                nonfinite |= ~finite.flatten(1).all(1)
+                grad = torch.where(finite, grad, torch.zeros_like(grad))
+                if r == 0 and i == 0:
+                    zero_grad = grad.flatten(1).abs().amax(1) == 0
+                x_adv = _step(x_adv, grad, sign * alpha, norm).clamp_(lo, hi)
+                x_adv = x + _project(x_adv - x, eps, norm)
+            with torch.no_grad(), amp:
+                logits = fn(x_adv).float()
+            pred = logits.argmax(1)
+            success = pred == y if targeted else pred != y
+            if best_logits is None:
+                best_x, best_logits, best_success = x_adv, logits, success
+            else:
+                take = success & ~best_success
+                best_x = torch.where(take.view(-1, *[1] * (x.ndim - 1)), x_adv, best_x)
+                best_logits = torch.where(take[:, None], logits, best_logits)
+                best_success = best_success | success
+    return AttackResult(best_x.detach(), best_logits.detach(), best_success, zero_grad, nonfinite)
+
+
+def _step(x: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return x + alpha * grad.sign()
+    g = grad.flatten(1)
+    n = g.norm(dim=1, keepdim=True)
+    # 1/||g|| where it is positive, else 0: a zero gradient gives no step (as ART does).
+    inv = torch.where(n > 0, n.reciprocal(), torch.zeros_like(n))
+    return x + alpha * (g * inv).view_as(x)
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    d = delta.flatten(1)
+    n = d.norm(dim=1, keepdim=True)
+    factor = torch.where(n > eps, eps / n.clamp_min(torch.finfo(n.dtype).tiny), torch.ones_like(n))
+    return (d * factor).view_as(delta)
+
+
+def _random_in_ball(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator | None) -> torch.Tensor:
+    if norm == "linf":
+        return (torch.rand(x.shape, device=x.device, generator=gen) * 2 - 1) * eps
+    n, d = x.shape[0], x[0].numel()
+    direction = torch.randn((n, d), device=x.device, generator=gen)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # Radius eps * U^(1/d): uniform in the ball's volume (as ART's random_sphere).
+    radius = eps * torch.rand((n, 1), device=x.device, generator=gen).pow(1.0 / d)
+    return (direction * radius).view_as(x)
+
+
+def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if generator.device == torch.device(device) or (generator.device.type == torch.device(device).type == "cpu"):
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())  # once, before any loop
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+# -- batching --------------------------------------------------------------------------------------
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def auto_batch_size(fn: Callable[[torch.Tensor], torch.Tensor], x_sample: torch.Tensor, *, n: int,
+                    cpu_batch: int = 256, max_batch: int = 4096, memory_fraction: float = 0.6) -> int:
+    """A batch size for attacking ``n`` inputs shaped like ``x_sample`` [k, ...].
+
+    On CUDA it measures the peak memory of one forward and backward pass on 8 inputs and fills
+    ``memory_fraction`` of the free memory (rounded down to a power of two, at most ``max_batch``);
+    :func:`run_batched` halves it if that still runs out. On the CPU memory rarely binds and
+    ``cpu_batch`` keeps the working set in cache.
+    """
+    if x_sample.device.type != "cuda":
+        return max(1, min(n, cpu_batch))
+    probe = x_sample[:1].expand(8, *x_sample.shape[1:]).clone().float().requires_grad_(True)
+    torch.cuda.synchronize(x_sample.device)
+    base = torch.cuda.memory_allocated(x_sample.device)
+    torch.cuda.reset_peak_memory_stats(x_sample.device)
+    try:
+        with torch.enable_grad():
+            out = fn(probe)
+            if out.requires_grad:
+                torch.autograd.grad(out.float().logsumexp(1).sum(), probe, allow_unused=True)
+        peak = torch.cuda.max_memory_allocated(x_sample.device) - base
+    except Exception as exc:
+        if _is_oom(exc):
+            return 1
+        raise
+    free, _total = torch.cuda.mem_get_info(x_sample.device)
+    per_sample = max(peak / 8, 1.0)
+    size = int(memory_fraction * free / per_sample)
+    size = 2 ** int(math.log2(max(size, 1)))
+    return max(1, min(n, size, max_batch))
+
+
+def run_batched(attack: Callable[..., AttackResult], model: Any, x: torch.Tensor, y: torch.Tensor, *,
+                batch_size: int | None = None, device: Any = None, **kwargs: Any) -> AttackResult:
+    """Run ``attack(model, xb, yb, **kwargs)`` over ``x`` in batches on ``device``; concatenate.
+
+    ``batch_size`` None picks one with :func:`auto_batch_size`; on out-of-memory the batch size is
+    halved and the failed batch retried (down to 1, then the error is raised).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> r = run_batched(fgsm, net, torch.rand(10, 4), torch.zeros(10, dtype=torch.long), batch_size=3,
+        ...                 eps=0.1, input_range=(0.0, 1.0))
+        >>> r.x_adv.shape
+        torch.Size([10, 4])
+    """
+    n = x.shape[0]
+    if n == 0:
+        raise InputError("no inputs to attack")
+    dev = torch.device(device) if device is not None else x.device
+    fn = resolve_model(model, kwargs.get("input_range"))[0]
+    size = batch_size or auto_batch_size(fn, x[:1].to(dev), n=n)
+    parts: list[AttackResult] = []
+    start = 0
+    while start < n:
+        xb, yb = x[start:start + size].to(dev, non_blocking=True), y[start:start + size].to(dev, non_blocking=True)
+        try:
+            parts.append(attack(model, xb, yb, **kwargs))
+        except Exception as exc:
+            if not _is_oom(exc) or size == 1:
+                raise
+            size = max(1, size // 2)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        start += xb.shape[0]
+    return AttackResult.cat(parts)
