@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -188,20 +189,41 @@ def run_probe_checks(spec: AuditSpec, probes: Sequence[Any], data: dict[str, Pat
             check(ProbeContext(data=data, probe_id=pspec.id, seed=spec.settings.seed))
 
 
-def _audit_energy(statuses: dict[str, ProbeStatus]) -> dict[str, Any]:
-    """The audit's energy: the sum of what was measured, labelled for what was not."""
+def _audit_energy(statuses: dict[str, ProbeStatus], emissions: Any = None) -> dict[str, Any]:
+    """The audit's energy: the sum of what was measured, labelled for what was not.
+
+    Estimates (codecarbon's offline TDP model) are totalled apart in ``estimate_joules``, never
+    added to ``joules``. With ``emissions`` (an :class:`audit.emissions.EmissionsFactor`), the
+    record also carries ``emissions``: gCO2e of the measured joules (``g_co2e``) and, labelled
+    apart, of the estimated ones (``estimate_g_co2e``), with the intensity's source and the PUE.
+    """
     ran = {pid: st for pid, st in statuses.items() if st.status != "skipped" and st.energy}
     measured = {pid: st.energy["joules"] for pid, st in ran.items()
                 if st.energy.get("joules") is not None}
+    estimated = [st.energy["estimate_joules"] for st in ran.values()
+                 if st.energy.get("estimate_joules") is not None]
+    estimate_joules = float(math.fsum(estimated)) if estimated else None
     unmeasured = sorted(pid for pid, st in ran.items() if st.energy.get("kind") != "measured")
     if not measured:
-        return {"joules": None, "kind": "unavailable", "unmeasured": unmeasured,
-                "note": "no probe's energy could be measured on this machine"}
-    kind = "partial" if unmeasured else "measured"
-    note = "sum of the probes' measured energy"
-    if unmeasured:
-        note += f"; not measured (or only in part) for: {', '.join(unmeasured)}"
-    return {"joules": float(sum(measured.values())), "kind": kind, "unmeasured": unmeasured, "note": note}
+        out = {"joules": None, "kind": "unavailable", "unmeasured": unmeasured,
+               "note": "no probe's energy could be measured on this machine"}
+    else:
+        kind = "partial" if unmeasured else "measured"
+        note = "sum of the probes' measured energy"
+        if unmeasured:
+            note += f"; not measured (or only in part) for: {', '.join(unmeasured)}"
+        out = {"joules": float(math.fsum(measured.values())), "kind": kind, "unmeasured": unmeasured, "note": note}
+    out["estimate_joules"] = estimate_joules
+    if emissions is not None:
+        out["emissions"] = {
+            **emissions.to_dict(),
+            "describe": emissions.describe(),
+            "g_co2e": None if out["joules"] is None else emissions.grams(out["joules"]),
+            "estimate_g_co2e": None if estimate_joules is None else emissions.grams(estimate_joules),
+            "note": ("g_co2e covers the measured joules only"
+                     + ("; estimate_g_co2e is from estimated energy, labelled apart" if estimate_joules else "")),
+        }
+    return out
 
 
 def _validate_findings(probe_id: str, result: Any) -> list[Finding]:
@@ -370,7 +392,7 @@ def run_audit(
         if subject is not None:
             subject.close()
 
-    energy = _audit_energy(statuses)
+    energy = _audit_energy(statuses, spec.settings.emissions.factor() if spec.settings.emissions else None)
     timings["total_s"] = time.perf_counter() - t_start
     report = AuditReport(
         name=spec.name,

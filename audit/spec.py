@@ -95,11 +95,42 @@ class GateSpec(_Frozen):
         return self.name or self.metric
 
 
+class EmissionsSettings(_Frozen):
+    """How the audit's energy becomes gCO2e: a grid intensity (an ISO country code looked up in
+    the offline table of :mod:`audit.emissions`, or a value with its source) and the PUE."""
+
+    country: str | None = Field(default=None, description="ISO 3166 code, e.g. FR or FRA (offline table)")
+    g_per_kwh: float | None = Field(default=None, ge=0, description="grid intensity, gCO2e/kWh (instead of country)")
+    source: str | None = Field(default=None, description="where g_per_kwh comes from (stated in the report)")
+    pue: float = Field(default=1.0, ge=1.0, description="power usage effectiveness of the facility (>= 1)")
+
+    @model_validator(mode="after")
+    def _one_intensity(self) -> EmissionsSettings:
+        if self.country is None and self.g_per_kwh is None:
+            raise ValueError("give a country code (offline grid-intensity table) or g_per_kwh")
+        if self.country is not None and self.g_per_kwh is None:
+            from audit.emissions import grid_intensity
+
+            try:
+                grid_intensity(self.country)
+            except KeyError as exc:
+                raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+        return self
+
+    def factor(self) -> Any:
+        """The :class:`audit.emissions.EmissionsFactor` these settings describe."""
+        from audit.emissions import emissions_factor
+
+        return emissions_factor(country=self.country, g_per_kwh=self.g_per_kwh, source=self.source, pue=self.pue)
+
+
 class Settings(_Frozen):
     seed: int = 0
     device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:N")
     batch_size: int | None = Field(default=None, gt=0)
     progress: bool = True
+    emissions: EmissionsSettings | None = Field(
+        default=None, description="grid intensity and PUE: the report states the audit's gCO2e")
 
 
 class AuditSpec(_Frozen):

@@ -33,7 +33,7 @@ import streamlit as st
 
 from audit.errors import AuditError
 from audit.findings import AuditReport
-from audit.render import format_energy, format_number, total_joules
+from audit.render import format_emissions, format_energy, format_number, total_joules
 from audit.store import ReportStore, StoredAudit
 from dashboard import charts, data
 from dashboard.data import md_escape
@@ -293,6 +293,9 @@ def scorecard_page(url: str, rows: list[StoredAudit]) -> None:
             st.altair_chart(charts.energy_bars(frame), width="stretch", height=height)
         st.dataframe(frame, hide_index=True, key="energy_table")
         st.caption(md_escape(f"Whole audit: {format_energy(report.energy)}"))
+        emissions = format_emissions(report.energy)
+        if emissions:
+            st.caption(md_escape(f"Emissions: {emissions}"))
 
 
 def _failures(failures: list[data.ProbeFailure]) -> None:

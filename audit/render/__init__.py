@@ -218,6 +218,28 @@ def format_energy(energy: Mapping[str, Any] | None) -> str:
     return f"{text} ({detail})" if detail else text
 
 
+def format_emissions(energy: Mapping[str, Any] | None) -> str | None:
+    """One line for the audit's emissions (``energy["emissions"]``), or None when the spec
+    set no grid intensity: measured and estimated grams are never added together.
+
+    Example:
+        >>> format_emissions({"emissions": {"g_co2e": 1.25, "estimate_g_co2e": None,
+        ...                   "describe": "grid 56 gCO2e/kWh (France, 2023; OWID), PUE 1.2"}})
+        '1.25 gCO2e (of measured energy; grid 56 gCO2e/kWh (France, 2023; OWID), PUE 1.2)'
+    """
+    em = (energy or {}).get("emissions")
+    if not em:
+        return None
+    parts = []
+    if em.get("g_co2e") is not None:
+        parts.append(f"{format_number(float(em['g_co2e']))} gCO2e (of measured energy")
+    if em.get("estimate_g_co2e") is not None:
+        parts.append(f"≈ {format_number(float(em['estimate_g_co2e']))} gCO2e (ESTIMATE, of estimated energy")
+    if not parts:
+        return f"no energy measured or estimated, so no emissions ({em.get('describe', '')})"
+    return " + ".join(f"{x}; {em.get('describe', '')})" for x in parts)
+
+
 def total_joules(energies: list[Mapping[str, Any]]) -> tuple[float | None, int, int]:
     """Sum of the joules of several energy records: (total, n measured, n estimated).
 

@@ -26,6 +26,7 @@ from audit.render import (
     direction_arrow,
     findings_by_probe,
     first_line,
+    format_emissions,
     format_energy,
     format_interval,
     format_number,
@@ -120,6 +121,7 @@ def _page(report: AuditReport) -> dict[str, Any]:
         "subject_details": _flatten(report.subject.details),
         "timings": [(k, format_number(v)) for k, v in report.timings.items()],
         "audit_energy": format_energy(report.energy),
+        "audit_emissions": format_emissions(report.energy),
         "probe_energy": {
             "total": format_number(energy_total) if energy_total is not None else None,
             "measured": n_measured,

@@ -13,6 +13,8 @@ from audit.render import (
     describe_bound,
     direction_arrow,
     first_line,
+    format_emissions,
+    format_energy,
     format_interval,
     format_number,
     format_value,
@@ -139,6 +141,20 @@ def render_markdown(report: AuditReport, *, max_findings: int = 60) -> str:
         lines += ["", "#### Skipped probes", ""]
         for pid, p in skipped:
             lines.append(f"- {code_span(pid)}: {escape_cell(p.reason or 'no reason recorded')}")
+
+    timed = [(pid, p) for pid, p in probes.items() if p.status != "skipped" and p.wall_s is not None]
+    if timed:
+        lines += ["", "#### Footprint", ""]
+        lines.append(_row("Probe", "Wall time", "Energy"))
+        lines.append(_row("---", "---:", "---"))
+        for pid, p in timed:
+            lines.append(_row(code_span(pid), f"{p.wall_s:.1f} s", escape_cell(format_energy(p.energy))))
+        total_s = report.timings.get("total_s")
+        lines.append(_row("**audit**", "—" if total_s is None else f"{total_s:.1f} s",
+                          escape_cell(format_energy(report.energy))))
+        emissions = format_emissions(report.energy)
+        if emissions:
+            lines += ["", f"Emissions: {escape_cell(emissions)}"]
 
     lines += ["", f"<sub>genai-audit report schema {escape_cell(report.schema_version)}</sub>", ""]
     return "\n".join(lines)
