@@ -11,6 +11,7 @@ BUILTIN_PROBES: dict[str, str] = {
     "quality.clip_score": "probes.quality.clip_score:ClipScore",
     "quality.text_diversity": "probes.quality.text_diversity:TextDiversity",
     "deepfake.text_detectability": "probes.deepfake.text_detectability:TextDetectability",
+    "deepfake.image_detectability": "probes.deepfake.image_detectability:ImageDetectability",
     "robustness.classifier": "probes.robustness.classifier:RobustnessClassifier",
     "robustness.detector_evasion": "probes.robustness.detector_evasion:DetectorEvasion",
     "robustness.text_embedding": "probes.robustness.text_embedding:TextEmbeddingAttack",

@@ -17,7 +17,7 @@ from audit.probe import ProbeContext, build_probe, probe_info, registry
 from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
 from tests import test_text_detectability, test_text_diversity
-from tests import bias_fakes, image_fakes
+from tests import bias_fakes, deepfake_fakes, image_fakes
 from tests import robustness_support
 
 
@@ -38,6 +38,7 @@ FAKES = {
     "energy.inference": energy_inference_inputs,
     "quality.text_diversity": test_text_diversity.diversity_contract_inputs,
     "deepfake.text_detectability": test_text_detectability.detectability_contract_inputs,
+    "deepfake.image_detectability": deepfake_fakes.image_detectability_inputs,
     "bias.classifier": bias_fakes.bias_classifier_inputs,
     "bias.stereotype_pairs": bias_fakes.stereotype_pairs_inputs,
     "bias.counterfactual_generation": bias_fakes.counterfactual_inputs,
