@@ -71,6 +71,11 @@ def _run_and_report(spec, out: Path, *, baseline, resume, store_url, no_store, d
         if not quiet:
             _echo_err(msg)
 
+    from audit.distributed import torchrun_env
+
+    env = torchrun_env()
+    if env is not None and env[0] != 0:
+        quiet = True  # under torchrun, rank 0 speaks for the job
     result = run_audit(spec, out_dir=out, baseline=baseline, resume=resume, store_url=store_url,
                        use_store=not no_store, device=device, on_event=say)
     report = result.report
@@ -95,17 +100,75 @@ def _run_and_report(spec, out: Path, *, baseline, resume, store_url, no_store, d
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (overrides the spec).")
 @click.option("--no-store", is_flag=True, help="Do not ingest the report into the store.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run over N processes on this machine (one per GPU) through torchrun.")
 @_store_option
 def run(spec_path: Path, out: Path | None, baseline: str | None, resume: bool, device: str | None,
-        no_store: bool, quiet: bool, store_url: str | None) -> None:
+        no_store: bool, quiet: bool, nproc: int | None, store_url: str | None) -> None:
     """Run the audit described by SPEC (YAML or JSON) and write its reports."""
     from audit.spec import load_spec
 
     spec = load_spec(spec_path)
     base = _load_baseline(baseline)
     out = out or Path("audit-out") / _safe_name(spec.name)
+    if nproc is not None and nproc > 1:
+        args = [str(spec_path), "--out", str(out)]
+        args += ["--baseline", str(baseline)] if baseline else []
+        args += ["--device", device] if device else []
+        args += ["--store", store_url] if store_url else []
+        args += [flag for flag, on in (("--resume", resume), ("--no-store", no_store), ("-q", quiet)) if on]
+        sys.exit(_launch_torchrun(nproc, args))
     sys.exit(_run_and_report(spec, out, baseline=base, resume=resume, store_url=store_url,
                              no_store=no_store, device=device, quiet=quiet))
+
+
+#: Set by ``run --nproc`` for its ranks: rank 0 writes the audit's exit code to this file, and
+#: ranks exit 0 on a gate outcome (0 or 1) so that torchrun does not read "gate failed" as a crash.
+_EXIT_FILE_ENV = "GENAI_AUDIT_EXIT_FILE"
+
+
+def _launch_torchrun(nproc: int, run_args: list[str]) -> int:
+    """Run ``python -m audit run ...`` in ``nproc`` processes on this machine (torchrun,
+    standalone rendezvous); return the audit's exit code (3 when a rank crashed)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genai-audit-") as tmp:
+        code_file = Path(tmp) / "exit-code"
+        env = {**os.environ, _EXIT_FILE_ENV: str(code_file)}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "audit", *(["--debug"] if _State.debug else []), "run", *run_args]
+        try:
+            rc = subprocess.run(cmd, env=env).returncode
+        except KeyboardInterrupt:
+            _echo_err("interrupted; rerun with --resume to reuse the finished probes")
+            return 130
+        try:
+            return int(code_file.read_text().strip())
+        except (OSError, ValueError):
+            return EXIT_PROBE_CRASHED if rc != 0 else 0
+
+
+def _exit(code: int) -> None:
+    """``sys.exit(code)``, with the exit-code hand-over of ``run --nproc`` (see _EXIT_FILE_ENV)."""
+    path = os.environ.get(_EXIT_FILE_ENV)
+    if path:
+        from audit.distributed import torchrun_env
+
+        env = torchrun_env()
+        if env is None or env[0] == 0:
+            try:
+                Path(path).write_text(str(code))
+            except OSError:
+                pass
+        if code in (0, 1):
+            code = 0
+        raise _HandedOver(code)
+    sys.exit(code)
+
+
+class _HandedOver(SystemExit):
+    """An exit whose code was already handed over to ``run --nproc``."""
 
 
 def _safe_name(name: str) -> str:
@@ -308,9 +371,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         rv = cli.main(args=argv, prog_name="genai-audit", standalone_mode=False)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        _exit(rv if isinstance(rv, int) else 0)
+    except SystemExit as exc:
+        if isinstance(exc, _HandedOver) or not os.environ.get(_EXIT_FILE_ENV):
+            raise
+        _exit(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_INVALID))
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_INVALID)  # usage and file errors are invalid input; never 1 (a gate failed)
@@ -325,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         if _State.debug:
             traceback.print_exc()
         _echo_err(f"error: {exc}")
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except KeyboardInterrupt:
         _echo_err("interrupted; rerun with --resume to reuse the finished probes")
         sys.exit(130)
@@ -333,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         if _State.debug:
             traceback.print_exc()
         _echo_err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
-        sys.exit(EXIT_PROBE_CRASHED)
+        _exit(EXIT_PROBE_CRASHED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,6 +83,8 @@ class ProbeContext:
         batch_size: the spec's batch size, or None to let the probe choose.
         show_progress: whether to draw progress bars.
         rank / world_size: this process's place in a distributed run (1 process by default).
+        dist: the :class:`audit.distributed.Distributed` helper probes shard and gather with
+            (``ctx.dist.shard(n)``, ``ctx.dist.gather(values, indices)``); no-ops in one process.
     """
 
     device: Any = "cpu"
@@ -97,6 +99,16 @@ class ProbeContext:
     rank: int = 0
     world_size: int = 1
     probe_id: str = ""
+    dist: Any = None
+
+    def __post_init__(self) -> None:
+        from audit.distributed import Distributed
+
+        if self.dist is None:
+            # A context made by hand with rank/world_size uses the default process group.
+            self.dist = Distributed(self.rank, self.world_size)
+        else:
+            self.rank, self.world_size = self.dist.rank, self.dist.world_size
 
     def rng(self, purpose: str = "") -> Any:
         """A ``torch.Generator`` seeded from the audit seed, the probe id and ``purpose``,

@@ -4,6 +4,13 @@ A probe that raises is recorded as failed (with its error and traceback) while t
 finish. Each finished probe is saved under ``OUT/.partial/`` at once, so ``resume=True``
 reuses the finished probes of an interrupted run (same spec fingerprint) and runs the rest.
 The final reports are written atomically; ``.partial/`` is removed once they are.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) every rank runs every probe
+on its shard (:mod:`audit.distributed`); rank 0 alone writes ``.partial/``, the reports and
+the store. After each probe the ranks exchange their status through the rendezvous store:
+a failure on every rank is recorded as usual, while a failure on some ranks only ends the
+job (exit 3, the failing rank's error on stderr) since the others may wait inside the
+probe's collectives; ``--resume`` then reuses the probes finished before it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from audit.distributed import DEFAULT_FAIL_GRACE_S, DEFAULT_TIMEOUT_S, Distributed, RankFailed
 from audit.errors import AuditError, InputError
 from audit.findings import (
     AuditReport,
@@ -245,6 +253,7 @@ def run_audit(
     show_progress: bool | None = None,
     on_event: Callable[[str], None] | None = None,
     subject_loader: Callable[..., Any] | None = None,
+    dist: Distributed | None = None,
 ) -> RunResult:
     """Run ``spec`` and write ``report.json``, ``report.html``, ``report.md``, ``junit.xml``.
 
@@ -259,6 +268,9 @@ def run_audit(
         device: overrides the spec's ``settings.device``.
         on_event: called with one-line progress messages (the CLI prints them).
         subject_loader: replaces :func:`audit.loading.load_subject` (tests, embedding apps).
+        dist: the ranks to run over; by default torchrun's (``RANK``/``WORLD_SIZE`` in the
+            environment, timeouts from ``GENAI_AUDIT_DIST_TIMEOUT`` / ``_FAIL_GRACE``, in
+            seconds), else this process alone. Only rank 0 writes files and the store.
 
     Returns:
         A :class:`RunResult`; ``result.report.exit_code`` is the CLI's exit code.
@@ -269,42 +281,38 @@ def run_audit(
     say = on_event or (lambda msg: log.info(msg))
     t_start = time.perf_counter()
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    from audit.loading import resolve_device
+
+    dev = resolve_device(device or spec.subject.device or spec.settings.device)
+    own_group = False
+    if dist is None:
+        dist, own_group = _join_distributed(dev)
+    if dist.active and dev.type == "cuda" and dev.index is None:
+        import torch
+
+        dev = torch.device("cuda", dist.local_rank)  # one GPU per process
+    main = dist.is_main
+    if dist.active and not main:
+        say = lambda msg: log.debug(msg)  # noqa: E731 - rank 0 speaks for the job
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     _check_inputs(spec)
     probes = spec.build_probes()
     partial = _Partial(out)
-    fingerprint = spec.fingerprint()
-    inputs = _inputs_digest(spec)
-    run_info = partial.load_run() if resume else None
-    if run_info is not None and run_info.get("fingerprint") != fingerprint:
-        raise InputError(
-            f"{out}: the unfinished run there was made from a different spec (fingerprint "
-            f"{run_info.get('fingerprint')} != {fingerprint}); run without --resume, or use another --out"
-        )
-    if run_info is not None and run_info.get("inputs") != inputs:
-        changed = sorted(k for k in set(inputs) | set(run_info.get("inputs", {}))
-                         if inputs.get(k) != run_info.get("inputs", {}).get(k))
-        raise InputError(
-            f"{out}: the data input(s) {', '.join(changed)} changed since the unfinished run; "
-            f"its findings would not describe them. Run without --resume."
-        )
-    if run_info is None:
-        partial.clear()
-        import uuid
-
-        run_info = {"run_id": uuid.uuid4().hex, "fingerprint": fingerprint, "inputs": inputs,
-                    "created_at": AuditReport.__dataclass_fields__["created_at"].default_factory()}
-        partial.save_run(run_info)
+    # Rank 0 owns the output folder: it decides what a resumed run reuses and tells the others,
+    # errors included, so that no rank waits for one that has given up.
+    try:
+        start = _start_run(spec, probes, out, partial, resume) if main else None
+    except AuditError as exc:
+        start = exc
+    start = dist.broadcast_object(start)
+    if isinstance(start, AuditError):
+        raise start
+    run_info, done_probes = start
     run_probe_checks(spec, probes, spec.data_paths())
 
-    from audit.loading import resolve_device
-
-    dev = resolve_device(device or spec.subject.device or spec.settings.device)
     progress = spec.settings.progress and sys.stderr.isatty() if show_progress is None else show_progress
+    if dist.active and not main:
+        progress = False
     subject = None
     identity = _IDENTITY.validate_python(run_info["subject"]) if "subject" in run_info else None
     timings: dict[str, float] = {}
@@ -328,7 +336,8 @@ def run_audit(
                     f"(sha256 differs); run without --resume"
                 )
             identity = subject.identity
-            partial.save_run({**run_info, "subject": dataclasses.asdict(identity)})
+            if main:
+                partial.save_run({**run_info, "subject": dataclasses.asdict(identity)})
         return subject
 
     from audit.energy import default_meter, summarize
@@ -337,7 +346,7 @@ def run_audit(
         for i, (pspec, probe) in enumerate(zip(spec.probes, probes)):
             pid = pspec.id
             phash = _params_hash(probe)
-            done = partial.load_probe(pid, phash) if resume else None
+            done = done_probes.get(pid)
             if done is not None and done[0].status != "failed":
                 statuses[pid], got = done
                 findings.extend(got)
@@ -351,13 +360,15 @@ def run_audit(
             reason = missing_capabilities(subj, probe)
             if reason is not None:
                 statuses[pid] = ProbeStatus(status="skipped", reason=reason, params=params)
-                partial.save_probe(pid, phash, statuses[pid], [])
+                if main:
+                    partial.save_probe(pid, phash, statuses[pid], [])
                 say(f"[{i + 1}/{len(probes)}] {pid}: skipped: {reason}")
                 continue
             ctx = ProbeContext(
                 device=dev, seed=spec.settings.seed, data=spec.data_paths(), cache_dir=cache,
-                artefact_dir=out / "artefacts" / pid, batch_size=spec.settings.batch_size,
-                show_progress=progress, logger=log, probe_id=pid,
+                artefact_dir=(out if main else _rank_scratch(out, dist.rank)) / "artefacts" / pid,
+                batch_size=spec.settings.batch_size, show_progress=progress, logger=log, probe_id=pid,
+                dist=dist,
             )
             ctx.seed_everything()
             meter = default_meter(str(dev))
@@ -372,14 +383,18 @@ def run_audit(
                 error = exc
             readings = meter.stop()
             wall = time.perf_counter() - t0
-            energy = summarize(readings)
+            if dist.active:
+                error, wall, energy = _settle_across_ranks(dist, pid, error, wall, readings)
+            else:
+                energy = summarize(readings)
             if error is None:
                 statuses[pid] = ProbeStatus(status="ok", wall_s=wall, energy=energy,
                                             n_findings=len(got), params=params)
                 say(f"[{i + 1}/{len(probes)}] {pid}: ok, {len(got)} findings in {wall:.1f} s")
             else:
                 kind = "input" if isinstance(error, AuditError) else "crash"
-                msg = str(error) if kind == "input" else f"{type(error).__name__}: {error}"
+                msg = (str(error) if kind == "input" or isinstance(error, _RanksFailed)
+                       else f"{type(error).__name__}: {error}")
                 statuses[pid] = ProbeStatus(
                     status="failed", error=msg, error_kind=kind,
                     traceback="".join(traceback.format_exception(error))[-8000:],
@@ -387,13 +402,17 @@ def run_audit(
                 )
                 say(f"[{i + 1}/{len(probes)}] {pid}: FAILED: {msg}")
             findings.extend(got)
-            partial.save_probe(pid, phash, statuses[pid], got)
+            if main:
+                partial.save_probe(pid, phash, statuses[pid], got)
     finally:
         if subject is not None:
             subject.close()
 
     energy = _audit_energy(statuses, spec.settings.emissions.factor() if spec.settings.emissions else None)
     timings["total_s"] = time.perf_counter() - t_start
+    environment = environment_info(dev)
+    if dist.active:
+        environment["distributed"] = {"world_size": dist.world_size, "backend": _backend()}
     report = AuditReport(
         name=spec.name,
         subject=identity or SubjectIdentity(name=spec.subject.name or spec.subject.path,
@@ -402,7 +421,7 @@ def run_audit(
         findings=tuple(findings),
         probes=statuses,
         spec=spec.as_dict(),
-        environment=environment_info(dev),
+        environment=environment,
         timings=timings,
         energy=energy,
         run_id=run_info["run_id"],
@@ -411,6 +430,11 @@ def run_audit(
     report = report.with_gates(evaluate_gates(spec.gates, report.findings,
                                               baseline.findings if baseline else None,
                                               probes=report.probes))
+    if not main:
+        # Rank 0 writes and stores the report; the others wait so the job ends together.
+        dist.barrier()
+        _leave_distributed(own_group)
+        return RunResult(report=report, out_dir=out, files={})
     from audit.render import write_reports
 
     try:
@@ -430,4 +454,174 @@ def run_audit(
         except Exception as exc:  # the reports are written; a store problem must not lose them
             store_error = f"{type(exc).__name__}: {exc}"
             say(f"warning: the report was written but not stored: {store_error}")
+    if dist.active:
+        dist.barrier()
+        _leave_distributed(own_group)
     return RunResult(report=report, out_dir=out, files=files, store_error=store_error, stored_in=stored_in)
+
+
+def _start_run(spec: AuditSpec, probes: Sequence[Any], out: Path, partial: _Partial,
+               resume: bool) -> tuple[dict[str, Any], dict[str, tuple[ProbeStatus, list[Finding]]]]:
+    """Create the output folder and the run record (or check the one being resumed); return it
+    and the probes an interrupted run finished."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    fingerprint = spec.fingerprint()
+    inputs = _inputs_digest(spec)
+    run_info = partial.load_run() if resume else None
+    if run_info is not None and run_info.get("fingerprint") != fingerprint:
+        raise InputError(
+            f"{out}: the unfinished run there was made from a different spec (fingerprint "
+            f"{run_info.get('fingerprint')} != {fingerprint}); run without --resume, or use another --out"
+        )
+    if run_info is not None and run_info.get("inputs") != inputs:
+        changed = sorted(k for k in set(inputs) | set(run_info.get("inputs", {}))
+                         if inputs.get(k) != run_info.get("inputs", {}).get(k))
+        raise InputError(
+            f"{out}: the data input(s) {', '.join(changed)} changed since the unfinished run; "
+            f"its findings would not describe them. Run without --resume."
+        )
+    if run_info is None:
+        partial.clear()
+        import uuid
+
+        run_info = {"run_id": uuid.uuid4().hex, "fingerprint": fingerprint, "inputs": inputs,
+                    "created_at": AuditReport.__dataclass_fields__["created_at"].default_factory()}
+        partial.save_run(run_info)
+    done: dict[str, tuple[ProbeStatus, list[Finding]]] = {}
+    if resume:
+        for pspec, probe in zip(spec.probes, probes):
+            got = partial.load_probe(pspec.id, _params_hash(probe))
+            if got is not None:
+                done[pspec.id] = got
+    return run_info, done
+
+
+def _join_distributed(dev: Any) -> tuple[Distributed, bool]:
+    """Join torchrun's process group when the environment names one; True when this call
+    created the group (and so destroys it at the end)."""
+    from audit.distributed import from_env, torchrun_env
+
+    if torchrun_env() is None:
+        return Distributed(), False
+    import torch.distributed as tdist
+
+    created = not tdist.is_initialized()
+    d = from_env(device=str(dev), timeout_s=_env_seconds("GENAI_AUDIT_DIST_TIMEOUT", DEFAULT_TIMEOUT_S),
+                 fail_grace_s=_env_seconds("GENAI_AUDIT_DIST_FAIL_GRACE", DEFAULT_FAIL_GRACE_S))
+    return d, created
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{name}={text!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise InputError(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def _leave_distributed(own_group: bool) -> None:
+    if own_group:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def _backend() -> str | None:
+    import torch.distributed as tdist
+
+    return str(tdist.get_backend()) if tdist.is_initialized() else None
+
+
+def _rank_scratch(out: Path, rank: int) -> Path:
+    """Artefacts of ranks other than 0 go to a scratch folder (rank 0's are the report's)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "genai-audit" / f"{out.resolve().name}-rank{rank}"
+
+
+def _settle_across_ranks(dist: Distributed, pid: str, error: BaseException | None, wall: float,
+                         readings: Sequence[Any]) -> tuple[BaseException | None, float, dict[str, Any]]:
+    """Exchange every rank's outcome of probe ``pid``; return the job's error (None if every
+    rank succeeded), the wall time (the slowest rank) and the energy (summed over ranks).
+
+    A rank whose probe failed waits only ``fail_grace_s`` for the others: if they too failed
+    (bad input fails everywhere, before any collective), the probe is recorded as failed and
+    the audit goes on; if they did not report, they are stuck in the probe's collectives
+    waiting for this rank, so it ends the job with its error (torchrun stops the others).
+    """
+    from audit.energy import summarize
+
+    mine = {
+        "ok": error is None,
+        "error": None if error is None else (str(error) if isinstance(error, AuditError)
+                                             else f"{type(error).__name__}: {error}"),
+        "input_error": isinstance(error, AuditError),
+        "wall_s": wall,
+        "host": _host(),
+        "local_rank": dist.local_rank,
+        "readings": [r.to_dict() for r in readings],
+    }
+    try:
+        every = dist.exchange(mine, timeout_s=dist.fail_grace_s if error is not None else None)
+    except RankFailed as exc:
+        if error is not None:
+            tb = "".join(traceback.format_exception(error))
+            print(f"rank {dist.rank}: probe {pid} failed:\n{tb}", file=sys.stderr, flush=True)
+            raise RankFailed(f"rank {dist.rank}: probe {pid} failed: {mine['error']} (the other ranks did not "
+                             f"finish it: the job stops; rerun with --resume to reuse the finished probes)") from error
+        raise RankFailed(f"probe {pid}: {exc}; the job stops (rerun with --resume)") from None
+    failed = [(r, st) for r, st in enumerate(every) if not st["ok"]]
+    wall = max(st["wall_s"] for st in every)
+    energy = summarize(_merge_readings(every))
+    if not failed:
+        return None, wall, energy
+    if error is not None and len(failed) == dist.world_size and len({st["error"] for _, st in failed}) == 1:
+        return error, wall, energy  # the same error everywhere: report it as a single process would
+    msg = "; ".join(f"rank {r}: {st['error']}" for r, st in failed)
+    cls = _RanksInputError if all(st["input_error"] for _, st in failed) else _RanksFailed
+    merged = cls(msg)
+    if error is not None:
+        merged.__cause__ = error
+    return merged, wall, energy
+
+
+class _RanksFailed(RuntimeError):
+    """A probe failed on some ranks; the message names each rank and its error."""
+
+
+class _RanksInputError(InputError):
+    """A probe's input was invalid on some ranks; the message names each rank and its error."""
+
+
+def _merge_readings(statuses: Sequence[dict[str, Any]]) -> list[Any]:
+    """Every rank's energy readings, labelled by rank; the CPU package counter of a machine
+    is kept once (from its first local rank), since all its ranks read the same counter."""
+    from audit.energy import EnergyReading
+
+    fields = {f.name for f in dataclasses.fields(EnergyReading)}
+    out = []
+    for rank, st in enumerate(statuses):
+        for d in st["readings"]:
+            is_gpu = str(d.get("device", "")).startswith("GPU")
+            if not is_gpu and st["local_rank"] != 0:
+                continue
+            kw = {k: v for k, v in d.items() if k in fields}
+            kw["warnings"] = tuple(kw.get("warnings") or ())
+            kw["device"] = f"rank {rank} ({st['host']}): {kw.get('device', '')}"
+            out.append(EnergyReading(**kw))
+    return out
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()

@@ -6,6 +6,11 @@ device; their mean and covariance are accumulated there in float64 as the batche
 (:class:`~probes.quality.image_functional.FeatureMoments`); images are never all in memory.
 The features themselves (N x D floats) are kept for KID, precision/recall and the bootstrap.
 
+Under torchrun each rank reads or generates its own whole batches of both image sets (the
+batches a single process would make); the moments are summed over ranks around rank 0's
+shift and the kept features and logits gathered in sample order, so every rank computes
+the metrics and intervals of a single-process run.
+
 Example (spec):
     subject: {kind: image-generator, source: folder, path: samples/}
     data: {reference: real-images/}            # or a file from `genai-audit stats build`
@@ -188,13 +193,21 @@ class ImageFidelity:
         n_wanted = self.n_samples
         if n_wanted is None:
             n_wanted = getattr(subject, "num_images", None) or 10000
-        fake = self._with_backoff(lambda bs: self._generated(subject, n_wanted, bs, mode, size, ctx, fx, progress))
+        if ctx.dist.active:
+            fake = self._with_backoff(lambda bs: _reduce(ctx, fx, _generated_shard(
+                subject, n_wanted, bs, mode, size, ctx, fx, progress), self.max_features))
+        else:
+            fake = self._with_backoff(
+                lambda bs: self._generated(subject, n_wanted, bs, mode, size, ctx, fx, progress))
         # Reference side: a statistics file, or a folder.
         stats: ReferenceStats | None = None
         if ref_path.is_file():
             stats = load_stats(ref_path)
             check_compatible(stats, fx.describe(), dim=fx.dim or None)
             real = None
+        elif ctx.dist.active:
+            real = self._with_backoff(lambda bs: _reduce(ctx, fx, _reference_shard(
+                ref_path, fx, bs, size, ctx, progress), self.max_features))
         else:
             real = self._with_backoff(lambda bs: reference_from_folder(
                 ref_path, fx, batch_size=bs, size=size, keep_features=self.max_features, progress=progress))
@@ -348,6 +361,166 @@ class ImageFidelity:
                     add("recall", float(r), True, wilson_interval(hits_r, in_fake.numel(), confidence=conf),
                         in_fake.numel(), warns, {"k": k, "inside": hits_r})
         return findings
+
+
+# -- sharded collection (torchrun) ----------------------------------------------------------------
+
+
+def _first_size(paths: list[Path]) -> tuple[int, int] | None:
+    """The size of the first readable image: what a single process resizes the others to."""
+    from PIL import Image
+
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                return img.size
+        except Exception:  # unreadable: the single-process reader skips it too
+            continue
+    return None
+
+
+def _reference_shard(folder: Path, fx: FeatureExtractor, bs: int, size: Any, ctx: ProbeContext,
+                     progress: Any) -> Collected:
+    paths = list_images(folder)
+    mine = ctx.dist.shard(len(paths), block=bs)
+    log = ImageReadLog()
+    batches = iter_image_batches(paths[mine.start:mine.stop], batch_size=bs,
+                                 mode="L" if fx.channels == 1 else "RGB",
+                                 size=size or _first_size(paths), log=log)
+    return collect_features(batches, fx, progress=progress, log=log)
+
+
+def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: ProbeContext,
+                     fx: FeatureExtractor, progress: Any) -> Collected:
+    """This rank's whole batches of the generated images, made as a single process makes them:
+    a folder's files by position, a callable's batch ``i`` from ``seed + i``, a latent
+    module's latents cut from the one stream the seed draws."""
+    from audit.loading_image import CallableImageGenerator, FolderImageGenerator, TorchImageGenerator
+
+    seed = ctx.child_seed("generate")
+    mine = ctx.dist.shard(n, block=bs)
+    prompts = getattr(subject, "prompts", None)
+    if isinstance(subject, FolderImageGenerator):
+        # The first n files (a single process takes the first n *readable* ones: the two differ
+        # only when some of the first n files are unreadable).
+        paths = subject.paths[:n]
+        mine = ctx.dist.shard(len(paths), block=bs)
+        log = ImageReadLog()
+        batches = iter_image_batches(paths[mine.start:mine.stop], batch_size=bs, mode=mode,
+                                     size=size or _first_size(subject.paths), log=log)
+        return collect_features(batches, fx, progress=progress, log=log)
+    if isinstance(subject, CallableImageGenerator):
+        first_batch = mine.start // bs
+        if subject.text_to_image:
+            if prompts is None:
+                from audit.images import read_prompts
+
+                prompts = [r["prompt"] for r in read_prompts(ctx.input_path("prompts"))]
+            prompts = list(prompts[:n])
+            mine = ctx.dist.shard(len(prompts), block=bs)
+            batches = (subject.generate(prompts=prompts[mine.start:mine.stop], seed=seed + first_batch,
+                                        batch_size=bs) if len(mine) else iter(()))
+        else:
+            batches = (subject.generate(len(mine), seed=seed + first_batch, batch_size=bs)
+                       if len(mine) else iter(()))
+        col = collect_features(batches, fx, progress=progress)
+        col.log = ImageReadLog(read=col.n)
+        return col
+    if isinstance(subject, TorchImageGenerator):
+        col = collect_features(_torch_latent_shard(subject, mine, seed, bs), fx, progress=progress)
+        col.log = ImageReadLog(read=col.n)
+        return col
+    # Another generator: every rank makes all n images (same seed) and keeps its own batches.
+    ctx.logger.warning("%s: cannot generate a shard with %s; every rank generates all images",
+                       ctx.probe_id, type(subject).__name__)
+    kwargs: dict[str, Any] = {"batch_size": bs, "seed": seed}
+    batches = (subject.generate(prompts=prompts[:n], **kwargs) if prompts is not None
+               else subject.generate(n, **kwargs))
+
+    def own() -> Iterable[torch.Tensor]:
+        at = 0
+        for b in batches:
+            lo, hi = max(mine.start - at, 0), min(mine.stop - at, b.shape[0])
+            if hi > lo:
+                yield b[lo:hi]
+            at += b.shape[0]
+
+    col = collect_features(own(), fx, progress=progress)
+    col.log = ImageReadLog(read=col.n)
+    return col
+
+
+def _torch_latent_shard(subject: Any, mine: range, seed: int, bs: int) -> Iterable[torch.Tensor]:
+    """Images ``mine`` of a latent module: the latents a single process draws for them (the
+    stream is drawn in the same chunks and cut), pushed through the module batch by batch."""
+    from audit.loading_image import _LATENT_CHUNK
+
+    if not len(mine):
+        return
+    g = torch.Generator().manual_seed(seed)
+    drawn = -(-mine.stop // _LATENT_CHUNK) * _LATENT_CHUNK
+    z_all = torch.randn((drawn, *subject.latent_shape), generator=g)[mine.start:mine.stop]
+    lo, hi = subject.output_range
+    for start in range(0, len(mine), bs):
+        z = z_all[start:start + bs].to(subject.device, non_blocking=True)
+        with torch.inference_mode():
+            x = subject.module(z)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != z.shape[0]:
+            raise InputError(f"torch image generator {subject.identity.path!r} returned "
+                             f"{getattr(x, 'shape', type(x).__name__)}; expected images [{z.shape[0]}, C, H, W]")
+        yield ((x.float() - lo) / (hi - lo)).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+def _reduce(ctx: ProbeContext, fx: FeatureExtractor, col: Collected, keep: int) -> Collected:
+    """One rank's :class:`Collected` -> the whole set's, identical on every rank: moments summed
+    around rank 0's shift (float64), the first ``keep`` features and all logits in sample order,
+    read logs added up."""
+    d = ctx.dist
+    infos = d.all_gather_object({"n": col.n, "dim": int(col.features.shape[1]) if col.features.ndim == 2
+                                 and col.features.numel() else (fx.dim or 0),
+                                 "logits": None if col.logits is None else int(col.logits.shape[1]),
+                                 "log": col.log})
+    dim = max(i["dim"] for i in infos)
+    if not fx.dim:
+        fx.dim = dim
+    offset = sum(i["n"] for i in infos[:d.rank])
+    device = col.features.device
+    m = col.moments
+    if m.shift is None:  # an empty shard adds nothing
+        m.shift = torch.zeros(dim, dtype=torch.float64, device=device)
+        m.s1 = torch.zeros_like(m.shift)
+        m.s2 = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    first = next(r for r, i in enumerate(infos) if i["n"])  # whose first batch a single process saw first
+    shift = d.all_reduce_sum(m.shift if d.rank == first else torch.zeros_like(m.shift)).to(device)
+    delta = m.shift - shift  # x - c0 = (x - c) + (c - c0)
+    s2 = m.s2 + torch.outer(m.s1, delta) + torch.outer(delta, m.s1) + m.n * torch.outer(delta, delta)
+    s1 = m.s1 + m.n * delta
+    moments = FeatureMoments(n=sum(i["n"] for i in infos), shift=shift,
+                             s1=d.all_reduce_sum(s1).to(device), s2=d.all_reduce_sum(s2).to(device))
+
+    feats = col.features.reshape(-1, dim) if col.features.numel() else torch.zeros(0, dim, device=device)
+    take = max(0, min(feats.shape[0], keep - offset))
+    features = d.gather_tensor(feats[:take], range(offset, offset + take))
+    logits = None
+    width = next((i["logits"] for i in infos if i["logits"]), None)
+    if width:
+        lg = col.logits if col.logits is not None else torch.zeros(0, width, device=device)
+        logits = d.gather_tensor(lg, range(offset, offset + lg.shape[0]))
+    return Collected(moments, features, logits, _merge_logs([i["log"] for i in infos]))
+
+
+def _merge_logs(logs: list[ImageReadLog]) -> ImageReadLog:
+    out = ImageReadLog()
+    for lg in logs:
+        out.read += lg.read
+        out.n_skipped += lg.n_skipped
+        out.skipped.extend(lg.skipped[:max(0, 20 - len(out.skipped))])
+        out.converted.update(lg.converted)
+        out.resized += lg.resized
+        out.sizes.update(lg.sizes)
+        out.size = out.size or lg.size
+        out.mode = lg.mode
+    return out
 
 
 def _bias_corrected(value: float, boot: torch.Tensor, confidence: float, method: str) -> Interval | None:

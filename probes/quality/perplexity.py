@@ -132,18 +132,26 @@ class Perplexity:
         if docs:
             device = getattr(subject, "device", None) or ctx.device
             score_fn, selective = self._score_fn(subject, notes)
-            logprobs = windowed_token_logprobs(
-                score_fn, sequences, max_length=max_length, stride=stride,
-                batch_size=self.batch_size, pad_id=subject.pad_token_id, device=device,
-                progress=lambda it, total: ctx.progress(it, total=total, desc=f"{self.id}: windows"),
-                selective=selective,
-            )
-            flat = torch.cat(logprobs).double()
-            doc_of_token = torch.repeat_interleave(
-                torch.arange(len(docs), device=flat.device), torch.as_tensor(tokens, dtype=torch.long).to(flat.device)
-            )
-            nll_t = torch.zeros(len(docs), dtype=torch.float64, device=flat.device).index_add_(0, doc_of_token, -flat)
-            nll = nll_t.cpu().numpy()  # the one transfer to the host
+            # Under torchrun each rank scores its own documents; the per-document sums are
+            # gathered in document order, so every rank computes the same findings.
+            mine = ctx.dist.shard(len(docs))
+            nll_mine = np.zeros(len(mine), dtype=np.float64)
+            if len(mine):
+                logprobs = windowed_token_logprobs(
+                    score_fn, sequences[mine.start:mine.stop], max_length=max_length, stride=stride,
+                    batch_size=self.batch_size, pad_id=subject.pad_token_id, device=device,
+                    progress=lambda it, total: ctx.progress(it, total=total, desc=f"{self.id}: windows"),
+                    selective=selective,
+                )
+                flat = torch.cat(logprobs).double()
+                doc_of_token = torch.repeat_interleave(
+                    torch.arange(len(mine), device=flat.device),
+                    torch.as_tensor(tokens[mine.start:mine.stop], dtype=torch.long).to(flat.device),
+                )
+                nll_t = torch.zeros(len(mine), dtype=torch.float64, device=flat.device).index_add_(
+                    0, doc_of_token, -flat)
+                nll_mine = nll_t.cpu().numpy()  # the one transfer to the host
+            nll = np.asarray(ctx.dist.gather(nll_mine.tolist(), mine), dtype=np.float64)
 
         group = _Group(self, ctx, nll, tokens, n_bytes, [d.id for d in docs])
         everything = np.ones(len(docs), dtype=bool)
