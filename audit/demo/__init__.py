@@ -29,6 +29,9 @@ CORPUS = Path(__file__).parent / "data" / "heldout_en.jsonl"
 #: One audit per subject. Add a part with one line: "module:function".
 DEMO_PARTS: tuple[str, ...] = (
     "audit.demo.text:smollm2_spec",
+    "audit.demo.digits_generator:digits_generator_spec",
+    "audit.demo.robustness:digits_robustness_spec",
+    "audit.demo.fairness:adult_fairness_spec",
     "audit.demo.fairness:minilm_association_spec",
 )
 
