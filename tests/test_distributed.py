@@ -137,31 +137,73 @@ def _callable_subject(tmp_path):
                                          "is_splits": 2, "n_resamples": 20}
 
 
+def _energy(tmp_path):
+    """The contract fake with windows bounded by calls, not time: 4 calls per window, whatever
+    the speed, so that calls and units are the same over 1 and 2 processes."""
+    from tests.energy_fakes import energy_inference_inputs
+
+    subject, data, params = energy_inference_inputs(tmp_path)
+    return subject, data, {**params, "min_window_s": 60.0, "max_calls_per_window": 4}
+
+
+#: Every builtin probe, on its contract fake (tests/test_contract.py), at world size 2 and 1.
+PROBES = (
+    "quality.image_fidelity", "quality.perplexity", "quality.clip_score", "quality.text_diversity",
+    "robustness.classifier", "robustness.detector_evasion", "robustness.text_embedding",
+    "bias.classifier", "bias.stereotype_pairs", "bias.counterfactual_generation", "bias.t2i_representation",
+    "bias.embedding_association", "deepfake.text_detectability", "deepfake.image_detectability",
+)
+
+
+#: Smaller batches than the fakes' where a rank would otherwise get no whole batch of its own.
+SMALL_BATCHES = {"quality.clip_score": 2, "bias.stereotype_pairs": 8, "bias.embedding_association": 8,
+                 "deepfake.text_detectability": 4, "deepfake.image_detectability": 8}
+
+
+def _with_batch(make, size):
+    def made(tmp_path):
+        subject, data, params = make(tmp_path)
+        return subject, data, {**params, "batch_size": size}
+    return made
+
+
 def _cases():
     from tests.test_contract import FAKES
 
     return {
-        **{pid: (pid, FAKES[pid]) for pid in ("quality.image_fidelity", "quality.perplexity")},
+        **{pid: (pid, _with_batch(FAKES[pid], SMALL_BATCHES[pid]) if pid in SMALL_BATCHES else FAKES[pid])
+           for pid in PROBES},
+        "energy.inference": ("energy.inference", _energy),
         "quality.image_fidelity[torch]": ("quality.image_fidelity", _torch_images),
         "quality.image_fidelity[callable]": ("quality.image_fidelity", _callable_subject),
     }
 
 
-#: The probes that shard their samples (and so are compared here at world size 2).
-SHARDED = (
-    "quality.image_fidelity", "quality.image_fidelity[torch]", "quality.image_fidelity[callable]",
-    "quality.perplexity",
-)
+#: The cases that shard their work (each rank is checked to get a non-empty, adjoining part).
+SHARDED = (*PROBES, "quality.image_fidelity[torch]", "quality.image_fidelity[callable]", "energy.inference")
+#: Measured, not computed: only the counts (calls, units, windows, n) can equal a single process's.
+MEASURED = ("energy.inference",)
 
 
-def _run_case(case: str, folder: Path, dist: Distributed) -> list[dict]:
+def _make_case(case: str, folder: Path) -> tuple:
     pid, make = _cases()[case]
     folder.mkdir(parents=True, exist_ok=True)
-    subject, data, params = make(folder)
+    return make(folder)
+
+
+def _run_case(case: str, folder: Path, dist: Distributed, made: tuple | None = None) -> list[dict]:
+    pid, _ = _cases()[case]
+    subject, data, params = made or _make_case(case, folder)
     ctx = ProbeContext(device="cpu", seed=0, data=data, cache_dir=folder / "cache", probe_id=pid, dist=dist)
     ctx.seed_everything()
     findings = build_probe(pid, params).run(subject, ctx)
-    return [_comparable(f) for f in findings]
+    return [_counts(f) if case in MEASURED else _comparable(f) for f in findings]
+
+
+def _counts(f: Finding) -> dict:
+    ev = f.evidence
+    return {"key": f.key, "n": f.n, "slice": dict(f.slice),
+            **{k: ev[k] for k in ("windows", "calls", "units") if k in ev}}
 
 
 def _comparable(f: Finding) -> dict:
@@ -217,6 +259,9 @@ def _worker(rank: int, world: int, port: int, root: str, cases: list[str]) -> No
     from audit.distributed import from_env
 
     out = Path(root)
+    # The inputs are made before the group exists: transformers' save_pretrained (the fakes'
+    # sentence encoder) writes on rank 0 only inside a process group.
+    made = {case: _make_case(case, out / f"rank{rank}" / case) for case in cases}
     d = from_env(device="cpu", timeout_s=60, fail_grace_s=3)
     shard, shards = d.shard, []
 
@@ -230,7 +275,7 @@ def _worker(rank: int, world: int, port: int, root: str, cases: list[str]) -> No
         t0 = time.perf_counter()
         shards.clear()
         try:
-            got = {"findings": _run_case(case, out / f"rank{rank}" / case, d), "shards": list(shards)}
+            got = {"findings": _run_case(case, out / f"rank{rank}" / case, d, made[case]), "shards": list(shards)}
         except Exception:
             import traceback
 
@@ -394,3 +439,30 @@ def test_run_nproc_must_be_at_least_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", str(tmp_path / "audit.yaml"), "--nproc", "0"])
     assert exc.value.code == 2 and "--nproc" in capsys.readouterr().err
+
+
+def test_every_builtin_probe_is_compared_at_world_size_2():
+    from tests.test_contract import BUILTIN
+
+    assert sorted({pid for pid, _ in _cases().values()}) == BUILTIN
+
+
+def test_pgd_random_starts_do_not_depend_on_batches_or_shards():
+    """Per-sample random starts (seed, restart, sample index): a shard attacked alone, in any batch
+    size, gets exactly the adversarial examples the whole set gets."""
+    from probes.robustness.attacks import per_sample_start, pgd, run_batched
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(10, 12), torch.randint(0, 3, (10,))
+    for norm, eps in (("linf", 0.1), ("l2", 0.5)):
+        kw = dict(eps=eps, norm=norm, steps=2, restarts=2, input_range=(0.0, 1.0), seed=7)
+        whole = run_batched(pgd, net, x, y, batch_size=10, **kw)
+        parts = [run_batched(pgd, net, x[a:b], y[a:b], batch_size=3, sample_ids=torch.arange(a, b), **kw)
+                 for a, b in ((0, 4), (4, 10))]
+        # The starts are equal bit for bit; the steps up to float rounding (batched L2 norms).
+        ids = torch.arange(4, 10)
+        assert torch.equal(per_sample_start(x[4:], eps, norm, 7, 1, ids), per_sample_start(x, eps, norm, 7, 1)[4:])
+        assert torch.allclose(torch.cat([p.x_adv for p in parts]), whole.x_adv, rtol=0, atol=1e-6)
+        other = run_batched(pgd, net, x, y, batch_size=10, **{**kw, "seed": 8})
+        assert not torch.equal(other.x_adv, whole.x_adv)

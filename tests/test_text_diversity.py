@@ -93,7 +93,7 @@ def test_reference_scores_by_hand_and_against_torchmetrics():
 # -- the probe on a scripted subject ------------------------------------------------------
 
 class ScriptedGenerator(TextGenerator):
-    """Returns SCRIPT[prompt][round], where round counts the calls; records the seeds."""
+    """Returns SCRIPT[prompt][round], where round counts the calls for that prompt; records the seeds."""
 
     def __init__(self, script):
         self.identity = SubjectIdentity(name="scripted", kind="text-generator", source="python")
@@ -101,9 +101,9 @@ class ScriptedGenerator(TextGenerator):
         self.calls = []
 
     def generate(self, prompts, *, max_new_tokens=32, temperature=0.0, seed=0):
-        k = len(self.calls)
+        out = [self.script[p][sum(p in c[0] for c in self.calls)] for p in prompts]
         self.calls.append((list(prompts), max_new_tokens, temperature, seed))
-        return [self.script[p][k] for p in prompts]
+        return out
 
 
 SCRIPT = {
@@ -151,11 +151,12 @@ def test_probe_findings_equal_hand_computed_means(tmp_path):
                                                                               ("P3", "hello there"))]
         assert f.value == pytest.approx(np.mean(per)) and f.n == 2
         assert any("2 of 3 prompts have a 'reference'" in w for w in f.warnings)
-    # four seeded rounds, all prompts each, with the parameters asked for
-    assert len(subject.calls) == 4
-    assert all(c[0] == list(SCRIPT) and c[1] == 7 and c[2] == 0.7 for c in subject.calls)
+    # four samples per prompt, each drawn with its own seed (by prompt and round), as asked for
+    assert len(subject.calls) == 4 * len(SCRIPT)
+    assert [c[0] for c in subject.calls] == [[p] for p in SCRIPT for _ in range(4)]
+    assert all(c[1] == 7 and c[2] == 0.7 for c in subject.calls)
     seeds = [c[3] for c in subject.calls]
-    assert len(set(seeds)) == 4
+    assert len(set(seeds)) == 4 * len(SCRIPT)
     again = ScriptedGenerator(SCRIPT)
     run(again, path)
     assert [c[3] for c in again.calls] == seeds  # same audit seed, same draws

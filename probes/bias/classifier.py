@@ -281,8 +281,9 @@ class ClassifierBias:
         pos = self._positive_index(subject)
         device = getattr(subject, "device", None) or ctx.device
         preds = []
+        mine = ctx.dist.shard(x.shape[0])  # under torchrun each rank classifies its rows
         with torch.inference_mode():
-            for xb in x.split(self.batch_size):
+            for xb in x[mine.start:mine.stop].split(self.batch_size):
                 logits = subject.logits(xb.to(device))
                 if logits.ndim == 1 or logits.shape[-1] == 1:  # one logit: sigmoid of the positive class
                     p = torch.sigmoid(logits.reshape(-1))
@@ -291,7 +292,8 @@ class ClassifierBias:
                     preds.append(logits.softmax(-1)[:, pos] >= self.threshold)
                 else:
                     preds.append(logits.argmax(-1) == pos)
-        return torch.cat(preds).cpu().numpy().astype(np.int64)  # one transfer
+        mine_preds = torch.cat(preds).cpu().to(torch.int64) if preds else torch.zeros(0, dtype=torch.int64)
+        return ctx.dist.gather_tensor(mine_preds, mine).numpy()
 
     def _positive_index(self, subject: Any) -> int:
         pc = self.positive_class

@@ -238,20 +238,26 @@ class CounterfactualGeneration:
                 for term in terms:
                     for s in range(self.samples):
                         rows.append((ti, g, term, s, tpl.format(group=term)))
-        completions: list[str] = [""] * len(rows)
-        # One generate call per sample index: the same seed for every prompt of a sample, so
-        # groups are compared under the same random stream.
-        for s in range(self.samples):
-            idx = [i for i, r in enumerate(rows) if r[3] == s]
-            outs = subject.generate([rows[i][4] for i in idx], max_new_tokens=self.max_new_tokens,
-                                    temperature=self.temperature, seed=ctx.child_seed(f"sample{s}") % (2**31))
-            for i, o in zip(idx, outs):
-                completions[i] = o
+        # Each completion is seeded by its template and sample index, not by its group: the groups'
+        # prompts of one template are completed under the same random stream (common random
+        # numbers), and a completion does not depend on the other prompts. Under torchrun each
+        # rank completes and scores its share of the rows, gathered in row order.
+        mine = ctx.dist.shard(len(rows))
+        own = []
+        for i in mine:
+            ti, _, _, s, prompt = rows[i]
+            out = list(subject.generate([prompt], max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                        seed=ctx.child_seed(f"sample{s}-template{ti}") % (2**31)))
+            if len(out) != 1:
+                raise InputError(f"{self.id}: the subject returned {len(out)} completions for 1 prompt")
+            own.append(out[0])
 
         scorer, notes = build_scorer(self.scorer, self.scorer_model, self.scorer_label, device=ctx.device)
-        scores = np.asarray(scorer(completions), dtype=np.float64)
-        if scores.shape != (len(rows),):
-            raise InputError(f"{self.id}: the scorer returned {scores.shape} scores for {len(rows)} completions")
+        own_scores = np.asarray(scorer(own), dtype=np.float64) if own else np.zeros(0)
+        if own_scores.shape != (len(own),):
+            raise InputError(f"{self.id}: the scorer returned {own_scores.shape} scores for {len(own)} completions")
+        completions = ctx.dist.gather(own, mine)
+        scores = np.asarray(ctx.dist.gather(own_scores.tolist(), mine), dtype=np.float64)
         scorer_info = {"scorer": getattr(scorer, "name", type(scorer).__name__),
                        "scorer_description": getattr(scorer, "description", "")}
         label = [scorer_info["scorer_description"] or scorer_info["scorer"]]

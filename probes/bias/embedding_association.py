@@ -209,7 +209,18 @@ class EmbeddingAssociation:
             for key in "XYAB":
                 items[(name, key)] = self._texts(sets[name][key])
         unique = list(dict.fromkeys(t for texts in items.values() for t in texts))
-        emb = subject.embed_text(unique, batch_size=self.batch_size).float()
+        # Under torchrun each rank embeds its share (whole batches); the permutation tests then run
+        # on every rank from the gathered embeddings with the same seed.
+        mine = ctx.dist.shard(len(unique), block=self.batch_size)
+        own = subject.embed_text(unique[mine.start:mine.stop], batch_size=self.batch_size).float().cpu() \
+            if len(mine) else None
+        if ctx.dist.active:
+            dims = ctx.dist.all_gather_object(None if own is None else int(own.shape[1]))
+            width = next(d for d in dims if d is not None)
+            own = own if own is not None else torch.zeros((0, width))
+            emb = ctx.dist.gather_tensor(own, mine)
+        else:
+            emb = own
         row = {t: i for i, t in enumerate(unique)}
 
         results = []

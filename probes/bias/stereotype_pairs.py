@@ -91,11 +91,12 @@ def read_pairs(path: str | Path, *, on_bad_rows: str = "error") -> tuple[Any, li
 
 
 def sentence_logprobs(subject: Any, texts: Sequence[str], *, batch_size: int = 32, add_bos: bool = True,
-                      device: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                      device: Any = None, dist: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Total log-likelihood (nats) and scored-token count of each text under a text generator.
 
     Texts are scored whole (one window each), many per forward pass, after the BOS token
-    when the model has one.
+    when the model has one. With ``dist`` (:class:`audit.distributed.Distributed`) each rank
+    scores its share (whole batches) and the totals are gathered in text order.
     """
     import torch
 
@@ -107,11 +108,16 @@ def sentence_logprobs(subject: Any, texts: Sequence[str], *, batch_size: int = 3
     limit = getattr(subject, "max_context", None) or longest
     if longest > limit:
         raise InputError(f"a sentence has {longest} tokens, more than the model's context of {limit}")
-    lp = windowed_token_logprobs(subject.token_logprobs, seqs, max_length=max(longest, 2), stride=max(longest, 2),
-                                 batch_size=batch_size, pad_id=subject.pad_token_id,
-                                 device=device or getattr(subject, "device", "cpu"))
-    totals = torch.stack([t.double().sum() for t in lp]).cpu().numpy()  # one transfer
-    return totals, np.array([len(s) - 1 for s in seqs])
+    mine = dist.shard(len(seqs), block=batch_size) if dist is not None else range(len(seqs))
+    totals = torch.zeros(0, dtype=torch.float64)
+    if len(mine):
+        lp = windowed_token_logprobs(subject.token_logprobs, seqs[mine.start:mine.stop], max_length=max(longest, 2),
+                                     stride=max(longest, 2), batch_size=batch_size, pad_id=subject.pad_token_id,
+                                     device=device or getattr(subject, "device", "cpu"))
+        totals = torch.stack([t.double().sum() for t in lp]).cpu()  # one transfer
+    if dist is not None:
+        totals = dist.gather_tensor(totals, mine)
+    return totals.numpy(), np.array([len(s) - 1 for s in seqs])
 
 
 def stereotype_preference(ll_more: np.ndarray, ll_less: np.ndarray) -> np.ndarray:
@@ -180,7 +186,7 @@ class StereotypePairs:
                          "not a benchmark; see probes/bias/data/README.md")
         texts = [*pairs["sent_more"], *pairs["sent_less"]]
         ll, ntok = sentence_logprobs(subject, texts, batch_size=self.batch_size, add_bos=self.add_bos,
-                                     device=getattr(subject, "device", None) or ctx.device)
+                                     device=getattr(subject, "device", None) or ctx.device, dist=ctx.dist)
         n = len(pairs)
         ll_more, ll_less = ll[:n], ll[n:]
         bad = ~(np.isfinite(ll_more) & np.isfinite(ll_less))

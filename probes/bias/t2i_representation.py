@@ -156,6 +156,27 @@ class T2IRepresentation:
         if not 0 < self.confidence < 1:
             fail("confidence", "a number in (0, 1)")
 
+    def _batch(self, subject: Any, s: int, b: int, seed: int, rounds: dict[int, list[Any]]) -> Any:
+        """Images of prompts batch ``b`` in seed round ``s``."""
+        import torch
+
+        from audit.loading_image import CallableImageGenerator
+
+        bs = self.batch_size
+        chunk = list(self.prompts[b * bs:(b + 1) * bs])
+        if isinstance(subject, CallableImageGenerator):
+            out = list(subject.generate(prompts=chunk, seed=seed + b, batch_size=bs))
+            return torch.cat([x.cpu() for x in out]) if len(out) != 1 else out[0]
+        # A generator that cannot make one batch alone: the whole round, once, then batch b.
+        if s not in rounds:
+            rounds.clear()
+            imgs = [x.cpu() for x in subject.generate(prompts=list(self.prompts), seed=seed, batch_size=bs)]
+            rounds[s] = torch.cat(imgs) if imgs else torch.zeros(0)
+            if rounds[s].shape[0] != len(self.prompts):
+                raise InputError(f"{self.id}: the generator gave {rounds[s].shape[0]} images for "
+                                 f"{len(self.prompts)} prompts")
+        return rounds[s][b * bs:(b + 1) * bs]
+
     def _load_judge(self, ctx: ProbeContext) -> Any:
         from pathlib import Path
 
@@ -184,18 +205,25 @@ class T2IRepresentation:
                                  for c in names])
         scale = float(getattr(judge, "logit_scale", 100.0))
 
-        labels = torch.full((len(self.prompts), self.images_per_prompt), -2, dtype=torch.long)
-        for s in ctx.progress(range(self.images_per_prompt), total=self.images_per_prompt, desc=f"{self.id}: seeds"):
+        # Work items: (seed round, batch of prompts). Under torchrun each rank generates and judges
+        # its share of the items; a callable's batch b of a round is made from the round's seed + b,
+        # as a single process makes it. The labels are gathered in item order.
+        P, bs = len(self.prompts), self.batch_size
+        n_batches = -(-P // bs)
+        items = [(s, b) for s in range(self.images_per_prompt) for b in range(n_batches)]
+        mine = ctx.dist.shard(len(items))
+        own: list[list[int]] = []
+        rounds: dict[int, list[Any]] = {}
+        for s, b in ctx.progress([items[i] for i in mine], total=len(mine), desc=f"{self.id}: batches"):
             seed = ctx.child_seed(f"seed{s}") % (2**31)
-            done = 0
-            for batch in subject.generate(prompts=list(self.prompts), seed=seed, batch_size=self.batch_size):
-                emb = judge.embed_image(batch, batch_size=self.batch_size)
-                lab, _ = zero_shot(emb, class_emb.to(emb.device), scale=scale,
-                                   abstain_threshold=self.abstain_threshold)
-                labels[done:done + len(lab), s] = lab.cpu()
-                done += len(lab)
-            if done != len(self.prompts):
-                raise InputError(f"{self.id}: the generator gave {done} images for {len(self.prompts)} prompts")
+            batch = self._batch(subject, s, b, seed, rounds)
+            emb = judge.embed_image(batch, batch_size=bs)
+            lab, _ = zero_shot(emb, class_emb.to(emb.device), scale=scale, abstain_threshold=self.abstain_threshold)
+            own.append(lab.cpu().tolist())
+        got = ctx.dist.gather(own, mine)
+        labels = torch.full((P, self.images_per_prompt), -2, dtype=torch.long)
+        for (s, b), lab in zip(items, got):
+            labels[b * bs:b * bs + len(lab), s] = torch.tensor(lab, dtype=torch.long)
         lab = labels.numpy()
         # Cells: 0 = abstain, 1..K = classes.
         cells = np.stack([(lab == c).sum(1) for c in range(-1, k)], axis=1)  # [P, K+1]

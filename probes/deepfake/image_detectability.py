@@ -66,6 +66,7 @@ from probes.deepfake.metrics import (
     summarize_detection,
 )
 from probes.deepfake.postprocess import DEFAULT_SWEEP, PostProcess, parse_postprocess
+from probes.sharding import image_shard, merge_read_logs
 
 __all__ = [
     "ImageDetectability",
@@ -435,9 +436,9 @@ class ImageDetectability:
         cal = stratified_calibration(labels, self.calibration_fraction, ctx.child_seed("calibration"))
         detectors: list[_Detector] = []
         if fx is not None:
-            detectors.append(self._linear_probe(fx, labels, folds))
+            detectors.append(self._linear_probe(fx, labels, folds, ctx))
         if det is not None:
-            detectors.append(self._user_detector(det, images))
+            detectors.append(self._user_detector(det, images, ctx))
 
         steps = [PostProcess("none"), *(parse_postprocess(p) for p in self.postprocess)]
         summaries: dict[str, dict[str, DetectionSummary]] = {d.name: {} for d in detectors}
@@ -495,10 +496,17 @@ class ImageDetectability:
             from audit.images import read_prompts
 
             prompts = [r["prompt"] for r in read_prompts(ctx.input_path("prompts"))]
-        if prompts is not None and not folder:
-            batches = subject.generate(prompts=list(prompts)[:n], **kwargs)
-        else:
+        mine = None
+        if folder:
             batches = subject.generate(n, **kwargs)
+        else:
+            # Under torchrun each rank generates its share of the images (whole batches, seeded as
+            # a single process seeds them); the images are gathered in order below.
+            if prompts is not None:
+                n = min(n, len(prompts))
+            mine = ctx.dist.shard(n, block=self.batch_size)
+            batches = (b for b, _ in image_shard(subject, ctx, n, batch_size=self.batch_size, seed=kwargs["seed"],
+                                                 prompts=list(prompts) if prompts is not None else None))
         log = ImageReadLog(mode=mode, size=size)
         out = []
         want_c = 1 if mode == "L" else 3
@@ -515,6 +523,11 @@ class ImageDetectability:
             log.read += b.shape[0]
         if folder:
             log = subject.read_log
+        if mine is not None and ctx.dist.active:
+            log = merge_read_logs(ctx.dist.all_gather_object(log))
+            log.mode, log.size = mode, size
+            mine_images = torch.cat(out) if out else torch.zeros((0, want_c, size[1], size[0]), dtype=torch.uint8)
+            return ctx.dist.gather_tensor(mine_images, mine), log
         if not out:
             raise InputError(f"{self.id}: the subject produced no images")
         return torch.cat(out), log
@@ -534,19 +547,28 @@ class ImageDetectability:
                              "shape (declare options.input_shape)")
         return det
 
-    def _features(self, fx: Any, images: torch.Tensor) -> np.ndarray:
+    def _features(self, fx: Any, images: torch.Tensor, ctx: ProbeContext) -> np.ndarray:
+        """Features of every image; under torchrun each rank extracts its share (whole batches),
+        gathered in image order."""
         bs = self.batch_size
+        mine = ctx.dist.shard(images.shape[0], block=bs)
         while True:
             try:
-                feats = [fx(b)[0] for b in images.split(bs)]
-                return torch.cat(feats).double().cpu().numpy()  # one transfer per pass
+                feats = [fx(b)[0] for b in images[mine.start:mine.stop].split(bs)]
+                break
             except _OOM:
                 if bs == 1:
                     raise
                 torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
+        own = torch.cat(feats).double().cpu() if feats else torch.zeros((0, fx.dim or 0), dtype=torch.float64)
+        if ctx.dist.active:
+            width = max(ctx.dist.all_gather_object(int(own.shape[1]) if own.shape[0] else 0))
+            own = own.reshape(own.shape[0], width)
+            own = ctx.dist.gather_tensor(own, mine)
+        return own.numpy()  # one transfer per pass
 
-    def _linear_probe(self, fx: Any, labels: np.ndarray, folds: np.ndarray) -> _Detector:
+    def _linear_probe(self, fx: Any, labels: np.ndarray, folds: np.ndarray, ctx: ProbeContext) -> _Detector:
         state: dict[str, Any] = {}
         notes: list[str] = []
         if fx.name != "inception-v3-fid" and not fx.name.startswith("clip:"):
@@ -554,7 +576,8 @@ class ImageDetectability:
                          "audit: its detectability compares generators under this extractor only")
 
         def scores(x: torch.Tensor) -> np.ndarray:
-            s, models, warn = cross_validated_scores(self._features(fx, x), labels, folds, c=self.linear_probe_c)
+            s, models, warn = cross_validated_scores(self._features(fx, x, ctx), labels, folds,
+                                                    c=self.linear_probe_c)
             state.setdefault("models", models)  # the clean pass comes first: its fold models are attacked
             for w in warn:
                 if w not in notes:
@@ -571,7 +594,7 @@ class ImageDetectability:
                                   "class_weight=balanced), out-of-fold decision scores"}
         return _Detector("linear_probe", scores, describe, attack, notes)
 
-    def _user_detector(self, det: Any, images: torch.Tensor) -> _Detector:
+    def _user_detector(self, det: Any, images: torch.Tensor, ctx: ProbeContext) -> _Detector:
         from probes.robustness.attacks import looks_like_probabilities
         from probes.robustness.detector_evasion import real_class_index
 
@@ -596,10 +619,12 @@ class ImageDetectability:
 
         def scores(x: torch.Tensor) -> np.ndarray:
             raw = []
+            mine = ctx.dist.shard(x.shape[0], block=self.batch_size)  # each rank scores its share
             with torch.no_grad():
-                for b in x.split(self.batch_size):
-                    raw.append(module.raw(b.float() / 255.0).float())
-            r = torch.cat(raw)
+                for b in x[mine.start:mine.stop].split(self.batch_size):
+                    raw.append(module.raw(b.float() / 255.0).float().cpu())
+            r = torch.cat(raw) if raw else torch.zeros((0, out.shape[1]))
+            r = ctx.dist.gather_tensor(r, mine)
             s = detector_score(r, real, probabilities=module.probabilities).double().cpu().numpy()
             _check_scores(self.id, name, r, s)
             return s
@@ -635,15 +660,16 @@ class ImageDetectability:
         if reason is not None:
             return self._evasion_nan(d.name, [*warn, f"no evasion attack on {d.name}: {reason}"])
         detected, fooled, max_pert = [], [[] for _ in budgets], [0.0 for _ in budgets]
-        gen = ctx.rng(f"pgd-{d.name}")
         try:
             for module, mask in parts:
                 sel = np.ones(idx.size, bool) if mask is None else mask[idx]
                 if not sel.any():
                     continue
+                # Each rank attacks its shard of this part; an image's random start is seeded by its index.
                 curve = evasion_curve(module, x[torch.from_numpy(sel)], 0, [v for v, _ in budgets],
                                       steps=self.attack_steps, batch_size=self.batch_size, device=module.device,
-                                      generator=gen)
+                                      seed=ctx.child_seed(f"pgd-{d.name}"),
+                                      sample_ids=torch.from_numpy(np.flatnonzero(sel)), dist=ctx.dist)
                 detected.append(curve["detected"])
                 for j in range(len(budgets)):
                     fooled[j].append(curve["fooled"][j])

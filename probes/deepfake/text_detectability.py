@@ -211,10 +211,11 @@ class TextDetectability:
         prompts = [subject.decode(t[: self.prompt_tokens]) for _, t in usable]
         human_ids = [t[self.prompt_tokens: self.prompt_tokens + self.continuation_tokens] for _, t in usable]
 
-        generated = list(subject.generate(
-            prompts, max_new_tokens=self.continuation_tokens, temperature=float(self.temperature),
-            seed=ctx.child_seed("generate"),
-        ))
+        # Each continuation has its own seed (by text index), so it does not depend on the other
+        # prompts; under torchrun each rank generates its share, gathered in text order.
+        mine = ctx.dist.shard(len(prompts))
+        generated = ctx.dist.gather([self._generate(subject, prompts[i], ctx.child_seed(f"generate-{i}"))
+                                     for i in mine], mine)
         gen_ids = subject.encode(generated)
 
         pairs = []  # (doc id, prompt, human continuation, generated continuation), equal token counts
@@ -271,6 +272,13 @@ class TextDetectability:
         return findings
 
     # -- helpers ---------------------------------------------------------------------------
+    def _generate(self, subject: Any, prompt: str, seed: int) -> str:
+        out = list(subject.generate([prompt], max_new_tokens=self.continuation_tokens,
+                                    temperature=float(self.temperature), seed=seed))
+        if len(out) != 1:
+            raise InputError(f"{self.id}: the subject returned {len(out)} continuations for 1 prompt")
+        return out[0]
+
     def _check_count(self, n: int, what: str) -> None:
         if n < MIN_PER_CLASS:
             raise InputError(
@@ -311,7 +319,10 @@ class TextDetectability:
         stats = {k: torch.full((n,), math.nan, dtype=torch.float64) for k in ("lp", "lr", "h", "x")}
         full = _Scorer(scorer, "").has_logits
         order = sorted(range(n), key=lambda i: -len(sequences[i]))
-        for start in range(0, n, self.batch_size):
+        # Under torchrun each rank scores whole batches of this order (the batches a single
+        # process makes); the per-text statistics are gathered in text order.
+        mine = ctx.dist.shard(n, block=self.batch_size)
+        for start in range(mine.start, mine.stop, self.batch_size):
             idx = order[start:start + self.batch_size]
             batch = [sequences[i] for i in idx]
             t = max(len(s) for s in batch)
@@ -338,6 +349,12 @@ class TextDetectability:
             for key, values in parts.items():
                 means = _segment_mean(values, row, len(batch)).cpu()  # one transfer per batch
                 stats[key][idx] = means
+        if ctx.dist.active:
+            own = [order[j] for j in mine]
+            table = torch.stack([stats[k][own] for k in stats], 1) if own else torch.zeros((0, len(stats)),
+                                                                                           dtype=torch.float64)
+            table = ctx.dist.gather_tensor(table, own)
+            stats = {k: table[:, c].contiguous() for c, k in enumerate(stats)}
         scores = {"log_likelihood": stats["lp"].numpy()}
         if full:
             scores["log_rank"] = -stats["lr"].numpy()

@@ -30,6 +30,7 @@ Example (spec):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import re
@@ -167,7 +168,10 @@ class InferenceEnergy:
         meter = ctx.meter if not own_meter else default_meter(str(device), cpu_estimate=self.cpu_estimate)
         findings: list[Finding] = []
         try:
-            idle = measure_idle(meter, seconds=self.idle_s, synchronize=sync) if self.idle_s > 0 else None
+            idle = None
+            if self.idle_s > 0:
+                ctx.dist.barrier()  # every rank idles at the same time
+                idle = _merge_idle(ctx.dist, measure_idle(meter, seconds=self.idle_s, synchronize=sync))
             variants: list[tuple[str | None, Any]] = [(None, subject)]
             for dtype in self.variants:
                 variants.append((dtype, _cast_subject(subject, dtype)))
@@ -183,7 +187,7 @@ class InferenceEnergy:
                                                   f"variant {variant}: the subject has no torch module `model` to cast"))
                         continue
                     workload = _workload(self, subj, op, ctx, device)
-                    findings += self._measure(kind, op, workload, meter, idle, sync, device, slice_extra)
+                    findings += self._measure(kind, op, workload, meter, idle, sync, device, slice_extra, ctx.dist)
                 if self.variants and subj is not None:
                     findings += self._quality(kind, subj, ctx, device, slice_extra, reference)
         finally:
@@ -197,26 +201,37 @@ class InferenceEnergy:
                        unit=unit, slice={"operation": op, **slice_extra}, warnings=(why,))
 
     def _measure(self, kind: str, op: str, workload: _Workload, meter: Any, idle: IdleBaseline | None,
-                 sync: Callable[[], None] | None, device: Any, slice_extra: dict[str, str]) -> list[Finding]:
+                 sync: Callable[[], None] | None, device: Any, slice_extra: dict[str, str], dist: Any) -> list[Finding]:
+        """Warm-up, then ``repeats`` windows. Under torchrun the ranks run each window together,
+        each its share of the window's calls (call ``k`` of window ``w`` is global call
+        ``w * max_calls_per_window + k`` on whichever rank runs it); a window's energy, calls and
+        units are summed over ranks, its duration is the slowest rank's."""
         import torch
 
-        for _ in range(self.warmup_calls):
-            workload.call()
+        for i in range(self.warmup_calls):
+            workload.call(i)
         if sync is not None:
             sync()
         cuda = device.type == "cuda"
         windows: list[Window] = []
         device_peaks: list[float] = []
         host_peaks: list[float] = []
-        for _ in range(self.repeats):
+        share = dist.shard(self.max_calls_per_window)
+        for w in range(self.repeats):
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             host_reset = reset_host_peak()
-            windows.append(measure_window(meter, workload.call, min_seconds=self.min_window_s,
-                                          max_calls=self.max_calls_per_window, synchronize=sync))
-            if cuda:
-                device_peaks.append(torch.cuda.max_memory_allocated(device) / 2**20)
+            calls = iter(range(w * self.max_calls_per_window + share.start, w * self.max_calls_per_window + share.stop))
+            dist.barrier()  # the ranks' windows overlap in time
+            window = (measure_window(meter, lambda: workload.call(next(calls)), min_seconds=self.min_window_s,
+                                     max_calls=len(share), synchronize=sync)
+                      if len(share) else Window(readings=(), calls=0, units=0.0, duration_s=0.0, latencies_s=()))
+            dev_peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
             peak = host_peak_rss_bytes()
+            window, dev_peak, peak = _merge_window(dist, window, dev_peak, peak)
+            windows.append(window)
+            if dev_peak is not None:
+                device_peaks.append(dev_peak)
             if peak is not None:
                 host_peaks.append(peak / 2**20)
             workload.host_peak_is_lifetime = not host_reset
@@ -274,7 +289,7 @@ class InferenceEnergy:
 
 @dataclass
 class _Workload:
-    call: Callable[[], float]
+    call: Callable[[int], float]  # global call index -> units done
     batch: int
     note: str
     host_peak_is_lifetime: bool = False
@@ -286,10 +301,10 @@ def _workload(probe: InferenceEnergy, subject: Any, op: str, ctx: ProbeContext, 
     kind = subject.kind
     if kind == "text-generator" and op == "score":
         seqs, masks = _score_batches(probe, subject, ctx, device)
-        batches = itertools.cycle(list(zip(seqs, masks)))
+        batches = list(zip(seqs, masks))
 
-        def score() -> float:
-            ids, mask = next(batches)
+        def score(i: int) -> float:
+            ids, mask = batches[i % len(batches)]
             subject.token_logprobs(ids, attention_mask=mask)
             return float(mask[:, 1:].sum())  # tokens scored: all but the first of each row
 
@@ -297,22 +312,22 @@ def _workload(probe: InferenceEnergy, subject: Any, op: str, ctx: ProbeContext, 
                          f"to {probe.max_length} tokens")
     if kind == "text-generator":
         prompts = _prompts(probe, subject, ctx)
-        groups = itertools.cycle([prompts[i:i + probe.batch_size] for i in range(0, len(prompts), probe.batch_size)])
+        groups = [prompts[i:i + probe.batch_size] for i in range(0, len(prompts), probe.batch_size)]
 
-        def generate() -> float:
-            out = subject.generate(next(groups), max_new_tokens=probe.max_new_tokens, temperature=0.0, seed=0)
+        def generate(i: int) -> float:
+            out = subject.generate(groups[i % len(groups)], max_new_tokens=probe.max_new_tokens, temperature=0.0, seed=0)
             # Tokens generated, counted by re-encoding the continuations (generation may stop early at EOS).
             return float(sum(len(ids) for ids in subject.encode(out)))
 
         return _Workload(generate, probe.batch_size, f"greedy generation of up to {probe.max_new_tokens} tokens for "
                          f"{probe.batch_size} prompt(s) per call; tokens counted by re-encoding the output")
     if kind == "image-generator":
-        seeds = itertools.count(ctx.child_seed("images"))
+        seed = ctx.child_seed("images")
         prompts = list(getattr(subject, "prompts", None) or _IMAGE_PROMPTS)
         takes_prompts = "prompts" in getattr(subject, "capabilities", ())
 
-        def images() -> float:
-            kwargs: dict[str, Any] = {"seed": next(seeds), "batch_size": probe.batch_size}
+        def images(i: int) -> float:
+            kwargs: dict[str, Any] = {"seed": seed + i, "batch_size": probe.batch_size}
             if takes_prompts:
                 kwargs["prompts"] = list(itertools.islice(itertools.cycle(prompts), probe.batch_size))
             else:
@@ -329,7 +344,7 @@ def _workload(probe: InferenceEnergy, subject: Any, op: str, ctx: ProbeContext, 
     x = _classifier_inputs(probe, subject, ctx, device, n=probe.batch_size)
     dtype = _param_dtype(subject)
 
-    def classify() -> float:
+    def classify(i: int) -> float:
         with torch.inference_mode():
             subject.logits(x.to(dtype))
         return float(x.shape[0])
@@ -407,6 +422,51 @@ def _cast_subject(subject: Any, dtype: str) -> Any:
     twin = copy.copy(subject)
     twin.model = copy.deepcopy(model).to(getattr(torch, dtype))
     return twin
+
+
+# -- ranks ------------------------------------------------------------------------------------
+
+
+def _label(rank: int, local_rank: int, readings: Sequence[Any]) -> list[Any]:
+    """A rank's readings named by rank; a machine's CPU counter is kept from its first local rank
+    only (its ranks all read the same counter), as the runner does for a probe's energy."""
+    return [dataclasses.replace(r, device=f"rank {rank}: {r.device}") for r in readings if _kept(r.device, local_rank)]
+
+
+def _kept(device: str, local_rank: int) -> bool:
+    return str(device).startswith("GPU") or local_rank == 0
+
+
+def _merge_idle(dist: Any, idle: IdleBaseline) -> IdleBaseline:
+    """Every rank's idle baseline as one: idle power per labelled device."""
+    if not dist.active:
+        return idle
+    every = dist.all_gather_object((dist.local_rank, idle))
+    watts: dict[str, float] = {}
+    readings: list[Any] = []
+    for rank, (local, b) in enumerate(every):
+        watts.update({f"rank {rank}: {d}": w for d, w in b.watts.items() if _kept(d, local)})
+        readings += _label(rank, local, b.readings)
+    return IdleBaseline(watts=watts, duration_s=max(b.duration_s for _, b in every), readings=tuple(readings),
+                        warnings=tuple(dict.fromkeys(w for _, b in every for w in b.warnings)))
+
+
+def _merge_window(dist: Any, window: Window, device_peak: float | None, host_peak: int | None
+                  ) -> tuple[Window, float | None, int | None]:
+    """One window over every rank: readings of all ranks, calls and units summed, the slowest
+    rank's duration, every call's latency; the peaks are the largest rank's."""
+    if not dist.active:
+        return window, device_peak, host_peak
+    every = dist.all_gather_object((dist.local_rank, window, device_peak, host_peak))
+    merged = Window(
+        readings=tuple(r for rank, (local, w, _, _) in enumerate(every) for r in _label(rank, local, w.readings)),
+        calls=sum(w.calls for _, w, _, _ in every), units=sum(w.units for _, w, _, _ in every),
+        duration_s=max(w.duration_s for _, w, _, _ in every),
+        latencies_s=tuple(t for _, w, _, _ in every for t in w.latencies_s),
+        stalled=tuple(f"rank {rank}: {d}" for rank, (_, w, _, _) in enumerate(every) for d in w.stalled))
+    dev = [p for _, _, p, _ in every if p is not None]
+    host = [p for _, _, _, p in every if p is not None]
+    return merged, max(dev) if dev else None, max(host) if host else None
 
 
 # -- memory -----------------------------------------------------------------------------------

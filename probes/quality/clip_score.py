@@ -17,14 +17,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from audit.errors import InputError, SpecError
 from audit.findings import Finding
-from audit.images import read_prompts
+from audit.images import ImageReadLog, read_prompts
 from audit.probe import ProbeContext, register
 from audit.stats import bootstrap_ci
 from probes.quality.features import clip_image_input, clip_preprocess, load_open_clip
+from probes.sharding import image_shard, merge_read_logs
 
 __all__ = ["ClipScore", "clip_score_pairs"]
 
@@ -90,34 +92,37 @@ class ClipScore:
             own = [r["prompt"] for r in read_prompts(ctx.input_path(self.prompts))]
         prompts = list(own[: self.max_prompts] if self.max_prompts else own)
 
-        img_emb: list[torch.Tensor] = []
-        txt_emb: list[torch.Tensor] = []
-        seen: list[int] = []
+        # Under torchrun each rank embeds its share of the pairs; per-pair scores are gathered in
+        # prompt order, so every rank computes the same mean and interval.
+        log = ImageReadLog()
+        scores_mine: list[torch.Tensor] = []
+        idx_mine: list[int] = []
         with torch.inference_mode():
             if folder:
                 # Pair each readable image with its own prompt (unreadable files are skipped).
-                batches = ((b, idx) for b, idx in subject.iter_with_index(batch_size=self.batch_size)
-                           if idx[0] < len(prompts))
+                batches = image_shard(subject, ctx, min(len(prompts), len(subject.paths)),
+                                      batch_size=self.batch_size, seed=0, log=log)
             else:
-                gen = subject.generate(prompts=prompts, batch_size=self.batch_size, seed=ctx.child_seed("generate"))
-                batches = ((b, list(range(k * self.batch_size, k * self.batch_size + b.shape[0])))
-                           for k, b in enumerate(gen))
+                batches = image_shard(subject, ctx, len(prompts), batch_size=self.batch_size,
+                                      seed=ctx.child_seed("generate"), prompts=prompts)
             for batch, idx in ctx.progress(batches, desc=f"{self.id}: pairs"):
-                keep = [j for j, i in enumerate(idx) if i < len(prompts)]
-                batch, idx = batch[keep], [idx[j] for j in keep]
                 x = batch.to(device)
                 if x.shape[1] == 1:
                     x = x.expand(-1, 3, -1, -1)
-                img_emb.append(net.encode_image(clip_image_input(x, size, mean, std)))
+                img = net.encode_image(clip_image_input(x, size, mean, std))
                 tokens = tokenizer([prompts[i] for i in idx]).to(device)
-                txt_emb.append(net.encode_text(tokens))
-                seen.extend(idx)
+                scores_mine.append(clip_score_pairs(img, net.encode_text(tokens)).double())
+                idx_mine.extend(idx)
+        mine = torch.cat(scores_mine).cpu().tolist() if scores_mine else []
+        pairs = ctx.dist.gather(list(zip(idx_mine, mine)), idx_mine)
+        seen = [i for i, _ in pairs]
         n = len(seen)
-        read_log = getattr(subject, "read_log", None)
-        warnings = read_log.warnings("generated") if folder and read_log is not None else []
+        warnings = []
+        if folder:
+            warnings = merge_read_logs(ctx.dist.all_gather_object(log)).warnings("generated")
         if n < 2:
             raise InputError(f"{self.id}: only {n} (image, prompt) pair(s) could be scored; at least 2 are needed")
-        scores = clip_score_pairs(torch.cat(img_emb), torch.cat(txt_emb)).double().cpu().numpy()
+        scores = np.array([s for _, s in pairs], dtype=np.float64)
         if n < 30:
             warnings.append(f"only {n} prompts: the interval is wide")
         ci = bootstrap_ci(scores, n_resamples=self.n_resamples, confidence=self.confidence,

@@ -49,6 +49,7 @@ from probes.quality.image_functional import (
     precision_recall,
 )
 from probes.quality.stats_file import ReferenceStats, check_compatible, load_stats
+from probes.sharding import first_size, merge_read_logs
 
 __all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder"]
 
@@ -366,19 +367,6 @@ class ImageFidelity:
 # -- sharded collection (torchrun) ----------------------------------------------------------------
 
 
-def _first_size(paths: list[Path]) -> tuple[int, int] | None:
-    """The size of the first readable image: what a single process resizes the others to."""
-    from PIL import Image
-
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                return img.size
-        except Exception:  # unreadable: the single-process reader skips it too
-            continue
-    return None
-
-
 def _reference_shard(folder: Path, fx: FeatureExtractor, bs: int, size: Any, ctx: ProbeContext,
                      progress: Any) -> Collected:
     paths = list_images(folder)
@@ -386,7 +374,7 @@ def _reference_shard(folder: Path, fx: FeatureExtractor, bs: int, size: Any, ctx
     log = ImageReadLog()
     batches = iter_image_batches(paths[mine.start:mine.stop], batch_size=bs,
                                  mode="L" if fx.channels == 1 else "RGB",
-                                 size=size or _first_size(paths), log=log)
+                                 size=size or first_size(paths), log=log)
     return collect_features(batches, fx, progress=progress, log=log)
 
 
@@ -407,7 +395,7 @@ def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: P
         mine = ctx.dist.shard(len(paths), block=bs)
         log = ImageReadLog()
         batches = iter_image_batches(paths[mine.start:mine.stop], batch_size=bs, mode=mode,
-                                     size=size or _first_size(subject.paths), log=log)
+                                     size=size or first_size(subject.paths), log=log)
         return collect_features(batches, fx, progress=progress, log=log)
     if isinstance(subject, CallableImageGenerator):
         first_batch = mine.start // bs
@@ -506,21 +494,7 @@ def _reduce(ctx: ProbeContext, fx: FeatureExtractor, col: Collected, keep: int) 
     if width:
         lg = col.logits if col.logits is not None else torch.zeros(0, width, device=device)
         logits = d.gather_tensor(lg, range(offset, offset + lg.shape[0]))
-    return Collected(moments, features, logits, _merge_logs([i["log"] for i in infos]))
-
-
-def _merge_logs(logs: list[ImageReadLog]) -> ImageReadLog:
-    out = ImageReadLog()
-    for lg in logs:
-        out.read += lg.read
-        out.n_skipped += lg.n_skipped
-        out.skipped.extend(lg.skipped[:max(0, 20 - len(out.skipped))])
-        out.converted.update(lg.converted)
-        out.resized += lg.resized
-        out.sizes.update(lg.sizes)
-        out.size = out.size or lg.size
-        out.mode = lg.mode
-    return out
+    return Collected(moments, features, logits, merge_read_logs([i["log"] for i in infos]))
 
 
 def _bias_corrected(value: float, boot: torch.Tensor, confidence: float, method: str) -> Interval | None:

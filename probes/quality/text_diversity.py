@@ -135,14 +135,14 @@ class TextDiversity:
                              f"prompts), got {len(docs)}")
         prompts = [self.prompt_template.replace("{prompt}", d.text) for d in docs]
 
-        # One call per sampling round: every prompt once, each round with its own seed.
-        rounds = [
-            list(subject.generate(prompts, max_new_tokens=self.max_new_tokens, temperature=float(self.temperature),
-                                  seed=ctx.child_seed(f"sample-{j}")))
-            for j in ctx.progress(range(self.samples_per_prompt), total=self.samples_per_prompt,
-                                  desc=f"{self.id}: sampling rounds")
-        ]
-        samples = [[r[i] for r in rounds] for i in range(len(docs))]
+        # Each sample has its own seed (prompt index, round), so the samples do not depend on the
+        # order of the calls; under torchrun each rank samples its share of the prompts and the
+        # samples are gathered in prompt order.
+        mine = ctx.dist.shard(len(prompts))
+        own = [[self._sample(subject, prompts[i], ctx.child_seed(f"sample-{i}-{j}"))
+                for j in range(self.samples_per_prompt)]
+               for i in ctx.progress(mine, total=len(mine), desc=f"{self.id}: prompts")]
+        samples = ctx.dist.gather(own, mine)
         tokens = [[tokenize(s) for s in per] for per in samples]
 
         notes: list[str] = []
@@ -183,6 +183,13 @@ class TextDiversity:
                 findings.append(self._finding(k, np.array(values), True, ref_notes, ids, ctx,
                                               {"sentence_level": True, "library": "torchmetrics"}))
         return findings
+
+    def _sample(self, subject: Any, prompt: str, seed: int) -> str:
+        out = list(subject.generate([prompt], max_new_tokens=self.max_new_tokens,
+                                    temperature=float(self.temperature), seed=seed))
+        if len(out) != 1:
+            raise InputError(f"{self.id}: the subject returned {len(out)} continuations for 1 prompt")
+        return out[0]
 
     def _finding(self, metric: str, per_prompt: np.ndarray, higher: bool, notes: list[str], ids: list[str],
                  ctx: ProbeContext, evidence: dict[str, Any]) -> Finding:

@@ -56,6 +56,7 @@ __all__ = [
     "eval_mode",
     "fgsm",
     "looks_like_probabilities",
+    "per_sample_start",
     "perturbation_norms",
     "pgd",
     "resolve_model",
@@ -237,7 +238,8 @@ def fgsm(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm
 def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm = "linf", steps: int = 10,
         step_size: float | None = None, random_start: bool = True, restarts: int = 1, targeted: bool = False,
         input_range: tuple[float, float] | None = None, generator: torch.Generator | None = None,
-        autocast: torch.dtype | None = None) -> AttackResult:
+        autocast: torch.dtype | None = None, seed: int | None = None,
+        sample_ids: torch.Tensor | None = None) -> AttackResult:
     """Projected gradient descent (Madry et al.) in an L-inf or L2 ball of radius ``eps``.
 
     Args:
@@ -247,6 +249,11 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
         random_start: start uniformly inside the ball (else at ``x``).
         restarts: independent random starts; a sample counts as broken if any restart breaks it.
         generator: the random starts' generator (a CPU one is turned into one seed for the device).
+        seed: instead of ``generator``: each sample's random starts come from a generator seeded by
+            ``seed``, the restart and the sample's id, so they do not depend on how the samples are
+            batched or sharded over ranks (what the probes use).
+        sample_ids: int [N], each sample's id for ``seed`` (its index in the whole data set);
+            default ``0..N-1``.
 
     Returns:
         An :class:`AttackResult` whose ``x_adv`` satisfies ``||x_adv - x|| <= eps`` and lies in the
@@ -282,7 +289,11 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
     y = y.detach().to(x.device, torch.long)
     if not random_start:
         restarts = 1  # identical runs
-    gen = _device_generator(generator, x.device) if random_start else None
+    if seed is not None and generator is not None:
+        raise SpecError("pgd: give either a generator or a seed for the random starts, not both")
+    if sample_ids is not None and len(sample_ids) != x.shape[0]:
+        raise InputError(f"pgd: {len(sample_ids)} sample_ids for {x.shape[0]} samples")
+    gen = _device_generator(generator, x.device) if random_start and seed is None else None
     # Ascend the loss (untargeted) or descend it towards the target: one sign for the whole loop.
     sign = -1.0 if targeted else 1.0
     amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
@@ -297,7 +308,9 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
         for r in range(restarts):
             x_adv = x.clone()
             if random_start and eps > 0:
-                x_adv = (x_adv + _random_in_ball(x, eps, norm, gen)).clamp_(lo, hi)
+                noise = (_random_in_ball(x, eps, norm, gen) if seed is None
+                         else per_sample_start(x, eps, norm, seed, r, sample_ids))
+                x_adv = (x_adv + noise).clamp_(lo, hi)
             for i in range(steps):
                 x_adv.requires_grad_(True)
                 with amp:
@@ -365,6 +378,33 @@ def _random_in_ball(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator
     return (direction * radius).view_as(x)
 
 
+def per_sample_start(x: torch.Tensor, eps: float, norm: str, seed: int, restart: int,
+                     sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Random starts uniform in the ball, each sample's from its own generator seeded by
+    ``(seed, restart, sample id)``: the same noise whatever the batch or rank a sample lands in.
+
+    Example:
+        >>> x = torch.zeros(4, 3)
+        >>> a = per_sample_start(x, 0.1, "linf", 7, 0)
+        >>> torch.equal(a[2:], per_sample_start(x[2:], 0.1, "linf", 7, 0, torch.tensor([2, 3])))
+        True
+    """
+    ids = range(x.shape[0]) if sample_ids is None else [int(i) for i in sample_ids]  # host ints, before the loop
+    parts = []
+    for i in ids:
+        g = torch.Generator(device=x.device)
+        g.manual_seed(_mix_seed(seed, restart, i))
+        parts.append(_random_in_ball(x[:1], eps, norm, g))
+    return torch.cat(parts) if parts else torch.zeros_like(x)
+
+
+def _mix_seed(seed: int, restart: int, index: int) -> int:
+    import hashlib
+
+    digest = hashlib.blake2b(f"{int(seed)}:{restart}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
     if generator is None:
         return None
@@ -417,11 +457,14 @@ def auto_batch_size(fn: Callable[[torch.Tensor], torch.Tensor], x_sample: torch.
 
 
 def run_batched(attack: Callable[..., AttackResult], model: Any, x: torch.Tensor, y: torch.Tensor, *,
-                batch_size: int | None = None, device: Any = None, **kwargs: Any) -> AttackResult:
+                batch_size: int | None = None, device: Any = None, sample_ids: torch.Tensor | None = None,
+                **kwargs: Any) -> AttackResult:
     """Run ``attack(model, xb, yb, **kwargs)`` over ``x`` in batches on ``device``; concatenate.
 
     ``batch_size`` None picks one with :func:`auto_batch_size`; on out-of-memory the batch size is
-    halved and the failed batch retried (down to 1, then the error is raised).
+    halved and the failed batch retried (down to 1, then the error is raised). With a ``seed`` in
+    ``kwargs`` each batch gets its samples' ids (``sample_ids``, default ``0..N-1``), so that the
+    per-sample random starts do not depend on the batch size.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
@@ -436,12 +479,18 @@ def run_batched(attack: Callable[..., AttackResult], model: Any, x: torch.Tensor
     dev = torch.device(device) if device is not None else x.device
     fn = resolve_model(model, kwargs.get("input_range"))[0]
     size = batch_size or auto_batch_size(fn, x[:1].to(dev), n=n)
+    if sample_ids is not None and len(sample_ids) != n:
+        raise InputError(f"run_batched: {len(sample_ids)} sample_ids for {n} samples")
+    ids = None
+    if kwargs.get("seed") is not None:
+        ids = torch.as_tensor(sample_ids if sample_ids is not None else range(n), dtype=torch.long)
     parts: list[AttackResult] = []
     start = 0
     while start < n:
         xb, yb = x[start:start + size].to(dev, non_blocking=True), y[start:start + size].to(dev, non_blocking=True)
         try:
-            parts.append(attack(model, xb, yb, **kwargs))
+            extra = {} if ids is None else {"sample_ids": ids[start:start + size]}
+            parts.append(attack(model, xb, yb, **kwargs, **extra))
         except Exception as exc:
             if not _is_oom(exc) or size == 1:
                 raise

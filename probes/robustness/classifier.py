@@ -285,10 +285,8 @@ class RobustnessClassifier:
         for attack in self.attacks:
             results[attack] = []
             for i, (eps, label) in enumerate(budgets):
-                res = attacker.attack(attack, x, target, eps, seed_purpose=f"{attack}:{i}")
-                results[attack].append(_Outcome.of(res, x, y, eps, label, self.norm))
-        masking = _Outcome.of(attacker.attack("pgd", x, y, sanity, seed_purpose="sanity", targeted=False),
-                              x, y, sanity, f"{sanity:g}", self.norm)
+                results[attack].append(attacker.outcome(attack, x, y, target, eps, label, seed_purpose=f"{attack}:{i}"))
+        masking = attacker.outcome("pgd", x, y, y, sanity, f"{sanity:g}", seed_purpose="sanity", targeted=False)
 
         grad_outcome = results["pgd"][0] if "pgd" in results else results[self.attacks[0]][0]
         zero = grad_outcome.zero_grad | grad_outcome.nonfinite_grad
@@ -312,19 +310,44 @@ class _Attacker:
         return self.probe.batch_size or self.ctx.batch_size
 
     def clean_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every sample, on the host; under torchrun each rank computes its shard's."""
         size = self.batch() or 512
+        mine = self.ctx.dist.shard(x.shape[0])
         out = []
         with torch.no_grad():
-            for xb in x.split(size):
+            for xb in x[mine.start:mine.stop].split(size):
                 out.append(self.subject.logits(xb.to(self.device)).float())
-        logits = torch.cat(out)
+        logits = torch.cat(out) if out else torch.zeros((0, self.subject.num_classes))
         if logits.ndim != 2 or logits.shape[1] != self.subject.num_classes:
             raise InputError(f"the classifier returned logits of shape {list(logits.shape)}; expected "
                              f"[N, {self.subject.num_classes}]")
-        return logits
+        return self.ctx.dist.gather_tensor(logits.cpu(), mine)
+
+    def shards(self, random: bool) -> bool:
+        # ART draws its random starts from NumPy's global generator over its own batches: a shard's
+        # draws would differ from a single process's, so with random starts every rank runs it all.
+        return not (self.probe.backend == "art" and random)
+
+    def outcome(self, attack: str, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, eps: float, label: str,
+                *, seed_purpose: str, targeted: bool | None = None) -> _Outcome:
+        """One attack at one eps over every sample: each rank attacks its shard (its samples' random
+        starts seeded by their index), the per-sample outcomes are gathered in sample order."""
+        n = x.shape[0]
+        random = attack == "pgd" and self.probe.random_start
+        mine = self.ctx.dist.shard(n) if self.shards(random) else range(n)
+        sl = slice(mine.start, mine.stop)
+        if len(mine):
+            res = self.attack(attack, x[sl], target[sl], eps, seed_purpose=seed_purpose, targeted=targeted,
+                              sample_ids=torch.arange(mine.start, mine.stop))
+            cols = _Outcome.columns(res, x[sl], y[sl], self.probe.norm)
+        else:
+            cols = torch.zeros((0, 5), dtype=torch.float64)
+        if len(mine) != n:
+            cols = self.ctx.dist.gather_tensor(cols, mine)
+        return _Outcome.from_columns(cols, eps, label)
 
     def attack(self, attack: str, x: torch.Tensor, y: torch.Tensor, eps: float, *, seed_purpose: str,
-               targeted: bool | None = None) -> AttackResult:
+               targeted: bool | None = None, sample_ids: torch.Tensor | None = None) -> AttackResult:
         p = self.probe
         targeted = p.targeted if targeted is None else targeted
         step = None if p.step_size is None else p.step_size * eps
@@ -345,8 +368,8 @@ class _Attacker:
                                norm=p.norm, targeted=targeted, autocast=autocast)
         return run_batched(pgd, self.subject, x, y, batch_size=self.batch(), device=self.device, eps=eps,
                            norm=p.norm, steps=p.steps, step_size=step, random_start=p.random_start,
-                           restarts=p.restarts, targeted=targeted, generator=self.ctx.rng(seed_purpose),
-                           autocast=autocast)
+                           restarts=p.restarts, targeted=targeted, seed=self.ctx.child_seed(seed_purpose),
+                           sample_ids=sample_ids, autocast=autocast)
 
 
 @dataclass
@@ -362,11 +385,17 @@ class _Outcome:
     nonfinite_grad: torch.Tensor
 
     @staticmethod
-    def of(res: AttackResult, x: torch.Tensor, y: torch.Tensor, eps: float, label: str, norm: str) -> _Outcome:
+    def columns(res: AttackResult, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+        """Per sample, float64 on the host: correct, success, zero_grad, nonfinite_grad, perturbation norm."""
         norms = perturbation_norms(res.x_adv - x.to(res.x_adv.device), norm)
-        pred = res.logits.argmax(1)
-        return _Outcome(eps, label, (pred.cpu() == y), res.success.cpu(), float(norms.max().item()),
-                        res.zero_grad.cpu(), res.nonfinite_grad.cpu())
+        correct = res.logits.argmax(1) == y.to(res.logits.device)
+        return torch.stack([correct, res.success, res.zero_grad, res.nonfinite_grad, norms], 1).double().cpu()
+
+    @staticmethod
+    def from_columns(cols: torch.Tensor, eps: float, label: str) -> _Outcome:
+        flag = cols[:, :4] > 0.5
+        return _Outcome(eps, label, flag[:, 0], flag[:, 1], float(cols[:, 4].max()) if len(cols) else 0.0,
+                        flag[:, 2], flag[:, 3])
 
 
 @dataclass

@@ -59,27 +59,42 @@ def real_class_index(class_names: Sequence[str] | None, real_class: str | int, n
 
 def evasion_curve(detector: Any, x: torch.Tensor, real: int, budgets: Sequence[float], *, norm: str = "linf",
                   steps: int = 10, step_size: float | None = None, random_start: bool = True, restarts: int = 1,
-                  batch_size: int | None = None, device: Any = None, generator: torch.Generator | None = None,
+                  batch_size: int | None = None, device: Any = None, seed: int | None = None,
+                  sample_ids: torch.Tensor | None = None, dist: Any = None,
                   autocast: torch.dtype | None = None) -> dict[str, Any]:
     """Targeted PGD towards ``real`` on generated samples ``x``, at each budget.
 
     Returns (host tensors): ``detected`` bool [N] (clean prediction is not ``real``), and per
     budget ``fooled`` bool [N] (classified ``real`` under attack) and ``max_perturbation``.
-    ``step_size`` is a fraction of each eps (default ``2.5 / steps``).
+    ``step_size`` is a fraction of each eps (default ``2.5 / steps``). Random starts are drawn
+    per sample from ``seed`` and its id (``sample_ids``, default ``0..N-1``); with ``dist`` (an
+    :class:`audit.distributed.Distributed`) each rank attacks its shard of ``x`` and the
+    per-sample results are gathered in sample order.
     """
     dev = torch.device(device) if device is not None else x.device
-    with torch.no_grad():
-        clean = torch.cat([detector.logits(xb.to(dev)).float().argmax(1).cpu() for xb in x.split(batch_size or 512)])
-    target = torch.full((x.shape[0],), real, dtype=torch.long)
-    fooled, max_pert = [], []
-    for eps in budgets:
-        res = run_batched(pgd, detector, x, target, batch_size=batch_size, device=dev, eps=eps, norm=norm,
-                          steps=steps, step_size=None if step_size is None else step_size * eps,
-                          random_start=random_start, restarts=restarts, targeted=True, generator=generator,
-                          autocast=autocast)
-        fooled.append(res.success.cpu())
-        max_pert.append(float(perturbation_norms(res.x_adv - x.to(res.x_adv.device), norm).max().item()))
-    return {"detected": clean != real, "fooled": fooled, "max_perturbation": max_pert}
+    n = x.shape[0]
+    mine = dist.shard(n) if dist is not None else range(n)
+    ids = torch.arange(n) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.long)
+    xs, ids = x[mine.start:mine.stop], ids[mine.start:mine.stop]
+    cols = []  # per sample: detected, then fooled and perturbation norm per budget
+    if len(mine):
+        with torch.no_grad():
+            clean = torch.cat([detector.logits(xb.to(dev)).float().argmax(1).cpu() for xb in xs.split(batch_size or 512)])
+        cols.append((clean != real).double())
+        target = torch.full((xs.shape[0],), real, dtype=torch.long)
+        for eps in budgets:
+            res = run_batched(pgd, detector, xs, target, batch_size=batch_size, device=dev, eps=eps, norm=norm,
+                              steps=steps, step_size=None if step_size is None else step_size * eps,
+                              random_start=random_start, restarts=restarts, targeted=True, seed=seed,
+                              sample_ids=ids, autocast=autocast)
+            cols.append(res.success.double().cpu())
+            cols.append(perturbation_norms(res.x_adv - xs.to(res.x_adv.device), norm).double().cpu())
+    table = torch.stack(cols, 1) if cols else torch.zeros((0, 1 + 2 * len(budgets)), dtype=torch.float64)
+    if dist is not None:
+        table = dist.gather_tensor(table, mine)
+    fooled = [table[:, 1 + 2 * j] > 0.5 for j in range(len(budgets))]
+    max_pert = [float(table[:, 2 + 2 * j].max()) if n else 0.0 for j in range(len(budgets))]
+    return {"detected": table[:, 0] > 0.5, "fooled": fooled, "max_perturbation": max_pert}
 
 
 @register("robustness.detector_evasion")
@@ -165,7 +180,7 @@ class DetectorEvasion:
         curve = evasion_curve(
             subject, x, real, [v for v, _ in budgets], norm=self.norm, steps=self.steps, step_size=self.step_size,
             random_start=self.random_start, restarts=self.restarts, batch_size=self.batch_size or ctx.batch_size,
-            device=getattr(subject, "device", None) or ctx.device, generator=ctx.rng("pgd"),
+            device=getattr(subject, "device", None) or ctx.device, seed=ctx.child_seed("pgd"), dist=ctx.dist,
             autocast=torch.bfloat16 if self.precision == "bf16" else None)
         n = x.shape[0]
         detected = curve["detected"]

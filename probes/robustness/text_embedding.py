@@ -47,7 +47,7 @@ DEFAULT_PROMPTS = (
 
 def embedding_attack(model: Any, prompts: Sequence[Sequence[int]], target: Sequence[int], radii: Sequence[float], *,
                      steps: int = 20, step_fraction: float | None = None, prefix: Sequence[int] = (),
-                     pad_id: int = 0, device: Any = None) -> dict[str, torch.Tensor]:
+                     pad_id: int = 0, device: Any = None, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """PGD in an L2 ball on the prompts' input embeddings to force ``target`` (token ids).
 
     Args:
@@ -58,6 +58,7 @@ def embedding_attack(model: Any, prompts: Sequence[Sequence[int]], target: Seque
         steps: PGD steps per radius; ascending radii continue from the previous radius's solution
             (feasible in the larger ball), the first starts from the clean embeddings.
         step_fraction: step length as a fraction of the radius; default ``2.5 / steps``.
+        pad_to: pad the batch to at least this length (a shard padded as the whole set is).
 
     Returns:
         Host tensors: ``clean_loss`` [B] (mean cross-entropy per target token, nats),
@@ -70,7 +71,7 @@ def embedding_attack(model: Any, prompts: Sequence[Sequence[int]], target: Seque
     emb = model.get_input_embeddings()
     b, t = len(prompts), len(target)
     lengths = [len(prefix) + len(p) + t for p in prompts]
-    length = max(lengths)
+    length = max(max(lengths), pad_to or 0)
     ids = torch.full((b, length), pad_id, dtype=torch.long)
     attn = torch.zeros((b, length), dtype=torch.long)
     prompt_mask = torch.zeros((b, length, 1))
@@ -188,6 +189,27 @@ class TextEmbeddingAttack:
         if not is_int(self.n_resamples) or self.n_resamples < 100:
             fail("n_resamples", "an integer >= 100")
 
+    def _attack(self, model: Any, prompt_ids: list[list[int]], target_ids: list[int], prefix: list[int],
+                subject: Any, ctx: ProbeContext) -> dict[str, torch.Tensor]:
+        """:func:`embedding_attack` on every prompt; under torchrun each rank attacks its share
+        (padded to the whole set's length) and the per-prompt results are gathered in order."""
+        kw = dict(steps=self.steps, step_fraction=self.step_size, prefix=prefix,
+                  pad_id=getattr(subject, "pad_token_id", 0), device=getattr(subject, "device", None))
+        if not ctx.dist.active:
+            return embedding_attack(model, prompt_ids, target_ids, self.radius, **kw)
+        mine = ctx.dist.shard(len(prompt_ids))
+        r = len(self.radius)
+        table = torch.zeros((0, 2 + 3 * r), dtype=torch.float64)
+        if len(mine):
+            longest = max(len(prefix) + len(p) + len(target_ids) for p in prompt_ids)
+            res = embedding_attack(model, prompt_ids[mine.start:mine.stop], target_ids, self.radius, pad_to=longest,
+                                   **kw)
+            table = torch.cat([res["clean_loss"][:, None].double(), res["clean_success"][:, None].double(),
+                               res["loss"].T.double(), res["success"].T.double(), res["radius"].T.double()], 1)
+        table = ctx.dist.gather_tensor(table, mine)
+        return {"clean_loss": table[:, 0], "clean_success": table[:, 1] > 0.5, "loss": table[:, 2:2 + r].T,
+                "success": table[:, 2 + r:2 + 2 * r].T > 0.5, "radius": table[:, 2 + 2 * r:].T}
+
     def run(self, subject: Any, ctx: ProbeContext) -> list[Finding]:
         model = getattr(subject, "model", None)
         if model is None or not callable(getattr(model, "get_input_embeddings", None)):
@@ -210,9 +232,7 @@ class TextEmbeddingAttack:
         if not target_ids or any(not p for p in prompt_ids):
             raise InputError(f"{self.id}: the target and every prompt must have at least one token")
         bos = getattr(subject, "bos_token_id", None)
-        res = embedding_attack(model, prompt_ids, target_ids, self.radius, steps=self.steps,
-                               step_fraction=self.step_size, prefix=[bos] if bos is not None else [],
-                               pad_id=getattr(subject, "pad_token_id", 0), device=getattr(subject, "device", None))
+        res = self._attack(model, prompt_ids, target_ids, [bos] if bos is not None else [], subject, ctx)
         n = len(prompts)
         if n < 10:
             notes.append(f"only {n} prompts: intervals are wide")
