@@ -18,6 +18,19 @@ def _isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny-model tests (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): tiny models gain nothing from threads, and
+    on a busy 2-core machine two threads contend and run 3-7x slower. Restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """A cache folder shared by the tests of one session (converted models are reused)."""

@@ -43,14 +43,7 @@ TEXTS = [
 
 # -- fixtures and fakes ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    # The tiny model gains nothing from intra-op threads, and on a busy shared machine they
-    # contend (3-4x slower here): one thread keeps these tests fast. Restored afterwards.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ WORDS = ("the quick brown fox jumps over the lazy dog while a café serves naïv
          "predict held-out text; lower is better").split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
