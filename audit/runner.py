@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from audit.distributed import DEFAULT_FAIL_GRACE_S, DEFAULT_TIMEOUT_S, Distributed, RankFailed
+from audit.distributed import DEFAULT_FAIL_GRACE_S, DEFAULT_TIMEOUT_S, Distributed, RankFailed, host_name
 from audit.errors import AuditError, InputError
 from audit.findings import (
     AuditReport,
@@ -566,7 +566,7 @@ def _settle_across_ranks(dist: Distributed, pid: str, error: BaseException | Non
                                              else f"{type(error).__name__}: {error}"),
         "input_error": isinstance(error, AuditError),
         "wall_s": wall,
-        "host": _host(),
+        "host": host_name(),
         "local_rank": dist.local_rank,
         "readings": [r.to_dict() for r in readings],
     }
@@ -603,25 +603,22 @@ class _RanksInputError(InputError):
 
 
 def _merge_readings(statuses: Sequence[dict[str, Any]]) -> list[Any]:
-    """Every rank's energy readings, labelled by rank; the CPU package counter of a machine
-    is kept once (from its first local rank), since all its ranks read the same counter."""
+    """Every rank's energy readings, labelled by rank, each physical counter once: readings of
+    the same device on the same host (a machine's CPU package counter, read by all its ranks,
+    or one GPU shared by several ranks) are kept from the first rank that read it."""
     from audit.energy import EnergyReading
 
     fields = {f.name for f in dataclasses.fields(EnergyReading)}
     out = []
+    seen: set[tuple[str, str]] = set()
     for rank, st in enumerate(statuses):
         for d in st["readings"]:
-            is_gpu = str(d.get("device", "")).startswith("GPU")
-            if not is_gpu and st["local_rank"] != 0:
+            counter = (st["host"], str(d.get("device", "")))
+            if counter in seen:
                 continue
+            seen.add(counter)
             kw = {k: v for k, v in d.items() if k in fields}
             kw["warnings"] = tuple(kw.get("warnings") or ())
             kw["device"] = f"rank {rank} ({st['host']}): {kw.get('device', '')}"
             out.append(EnergyReading(**kw))
     return out
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()

@@ -100,21 +100,21 @@ class EmissionsSettings(_Frozen):
     the offline table of :mod:`audit.emissions`, or a value with its source) and the PUE."""
 
     country: str | None = Field(default=None, description="ISO 3166 code, e.g. FR or FRA (offline table)")
-    g_per_kwh: float | None = Field(default=None, ge=0, description="grid intensity, gCO2e/kWh (instead of country)")
+    g_per_kwh: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                    description="grid intensity, gCO2e/kWh (instead of country)")
     source: str | None = Field(default=None, description="where g_per_kwh comes from (stated in the report)")
-    pue: float = Field(default=1.0, ge=1.0, description="power usage effectiveness of the facility (>= 1)")
+    pue: float = Field(default=1.0, ge=1.0, allow_inf_nan=False,
+                       description="power usage effectiveness of the facility (>= 1)")
 
     @model_validator(mode="after")
     def _one_intensity(self) -> EmissionsSettings:
         if self.country is None and self.g_per_kwh is None:
             raise ValueError("give a country code (offline grid-intensity table) or g_per_kwh")
-        if self.country is not None and self.g_per_kwh is None:
-            from audit.emissions import grid_intensity
-
-            try:
-                grid_intensity(self.country)
-            except KeyError as exc:
-                raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+        try:  # build it now: a bad value must stop the audit before any probe runs
+            self.factor()
+        except KeyError as exc:
+            msg = exc.args[0] if exc.args else str(exc)
+            raise ValueError(msg.replace("grid_intensity_g_per_kwh", "g_per_kwh")) from None
         return self
 
     def factor(self) -> Any:
@@ -181,6 +181,7 @@ class AuditSpec(_Frozen):
         d = self.as_dict()
         d.pop("gates", None)
         d.pop("name", None)
+        d.get("settings", {}).pop("emissions", None)  # applied to the energy at the end, not to findings
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def build_probes(self, *, source: str = "spec") -> list[Any]:

@@ -167,6 +167,13 @@ def _with_batch(make, size):
     return made
 
 
+def _with_params(make, **extra):
+    def made(tmp_path):
+        subject, data, params = make(tmp_path)
+        return subject, data, {**params, **extra}
+    return made
+
+
 def _cases():
     from tests.test_contract import FAKES
 
@@ -176,6 +183,9 @@ def _cases():
         "energy.inference": ("energy.inference", _energy),
         "quality.image_fidelity[torch]": ("quality.image_fidelity", _torch_images),
         "quality.image_fidelity[callable]": ("quality.image_fidelity", _callable_subject),
+        # One sample: one rank attacks it, the other has an empty shard and must still join the gather.
+        "robustness.classifier[one sample]": ("robustness.classifier",
+                                              _with_params(FAKES["robustness.classifier"], max_samples=1)),
     }
 
 

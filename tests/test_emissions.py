@@ -121,6 +121,13 @@ def test_spec_emissions_settings_are_validated(tmp_path):
         _spec(tmp_path, {"pue": 1.1})
     with pytest.raises(SpecError, match="pue"):
         _spec(tmp_path, {"country": "FR", "pue": 0.9})
+    for bad in ({"g_per_kwh": float("inf")}, {"country": "FR", "pue": float("inf")}, {"g_per_kwh": float("nan")}):
+        with pytest.raises(SpecError, match="g_per_kwh|pue"):
+            _spec(tmp_path, bad)
+    with pytest.raises(SpecError, match="give g_per_kwh instead"):
+        _spec(tmp_path, {"country": "XX"})
+    # The emissions settings change no finding: a resumed run may add or change them.
+    assert _spec(tmp_path, {"country": "FR"}).fingerprint() == _spec(tmp_path, {"country": "DE", "pue": 1.3}).fingerprint()
 
 
 def test_the_report_states_the_audit_emissions(tmp_path, monkeypatch):

@@ -490,7 +490,7 @@ class ImageDetectability:
         folder = hasattr(subject, "read_log")
         if folder:  # read as the real images are: same mode, same size, same resampler
             kwargs.update(mode=mode, size=size)
-            n = min(self.n_samples, getattr(subject, "num_images", n))
+            n = min(n, getattr(subject, "num_images", n))  # n: as many as the real images read
         prompts = getattr(subject, "prompts", None)
         if "prompts" in getattr(subject, "capabilities", ()) and prompts is None:
             from audit.images import read_prompts

@@ -195,8 +195,8 @@ class ImageFidelity:
         if n_wanted is None:
             n_wanted = getattr(subject, "num_images", None) or 10000
         if ctx.dist.active:
-            fake = self._with_backoff(lambda bs: _reduce(ctx, fx, _generated_shard(
-                subject, n_wanted, bs, mode, size, ctx, fx, progress), self.max_features))
+            fake = self._with_backoff_agreed(ctx, fx, lambda bs: _generated_shard(
+                subject, n_wanted, bs, mode, size, ctx, fx, progress))
         else:
             fake = self._with_backoff(
                 lambda bs: self._generated(subject, n_wanted, bs, mode, size, ctx, fx, progress))
@@ -207,8 +207,8 @@ class ImageFidelity:
             check_compatible(stats, fx.describe(), dim=fx.dim or None)
             real = None
         elif ctx.dist.active:
-            real = self._with_backoff(lambda bs: _reduce(ctx, fx, _reference_shard(
-                ref_path, fx, bs, size, ctx, progress), self.max_features))
+            real = self._with_backoff_agreed(ctx, fx, lambda bs: _reference_shard(
+                ref_path, fx, bs, size, ctx, progress))
         else:
             real = self._with_backoff(lambda bs: reference_from_folder(
                 ref_path, fx, batch_size=bs, size=size, keep_features=self.max_features, progress=progress))
@@ -232,6 +232,26 @@ class ImageFidelity:
                     raise
                 torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
+
+    def _with_backoff_agreed(self, ctx: ProbeContext, fx: FeatureExtractor,
+                             local: Callable[[int], Collected]) -> Collected:
+        """:meth:`_with_backoff` for a sharded run: the shards are cut on multiples of the batch
+        size, so the ranks must halve it together. Each rank computes its shard, the ranks add
+        up their out-of-memory flags, and if any rank ran out every rank retries at half the
+        batch size; only then are the shards reduced."""
+        bs = self.batch_size
+        while True:
+            try:
+                col, oom = local(bs), 0.0
+            except _OOM:
+                col, oom = None, 1.0
+                torch.cuda.empty_cache()
+            n_oom = int(ctx.dist.all_reduce_sum(torch.tensor([oom], device=ctx.device)).sum())
+            if n_oom == 0:
+                return _reduce(ctx, fx, col, self.max_features)
+            if bs == 1:
+                raise InputError(f"{self.id}: out of memory on {n_oom} rank(s) even at batch size 1")
+            bs = max(1, bs // 2)
 
     def _generated(self, subject: Any, n: int, bs: int, mode: str, size: Any, ctx: ProbeContext,
                    fx: FeatureExtractor, progress: Any) -> Collected:
@@ -478,7 +498,11 @@ def _reduce(ctx: ProbeContext, fx: FeatureExtractor, col: Collected, keep: int) 
         m.shift = torch.zeros(dim, dtype=torch.float64, device=device)
         m.s1 = torch.zeros_like(m.shift)
         m.s2 = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-    first = next(r for r, i in enumerate(infos) if i["n"])  # whose first batch a single process saw first
+    first = next((r for r, i in enumerate(infos) if i["n"]), None)  # whose first batch a single process saw first
+    if first is None:
+        log = merge_read_logs([i["log"] for i in infos])
+        raise InputError(f"{ctx.probe_id}: no image could be read or generated on any rank "
+                         f"({log.read} read, {log.n_skipped} unreadable file(s) skipped); expected at least 2")
     shift = d.all_reduce_sum(m.shift if d.rank == first else torch.zeros_like(m.shift)).to(device)
     delta = m.shift - shift  # x - c0 = (x - c) + (c - c0)
     s2 = m.s2 + torch.outer(m.s1, delta) + torch.outer(delta, m.s1) + m.n * torch.outer(delta, delta)

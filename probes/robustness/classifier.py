@@ -342,7 +342,7 @@ class _Attacker:
             cols = _Outcome.columns(res, x[sl], y[sl], self.probe.norm)
         else:
             cols = torch.zeros((0, 5), dtype=torch.float64)
-        if len(mine) != n:
+        if self.shards(random) and self.ctx.dist.active:  # every rank joins, an empty shard too
             cols = self.ctx.dist.gather_tensor(cols, mine)
         return _Outcome.from_columns(cols, eps, label)
 
