@@ -10,8 +10,8 @@ Example:
     >>> from audit.store import ReportStore
     >>> with ReportStore("sqlite://") as store:
     ...     rows = all_audits(store)
-    ...     audits_frame(rows).shape
-    (0, 9)
+    ...     audits_markdown(rows).count("\\n")  # the header and its rule: no audit yet
+    1
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOWNLOADS",
+    "LIST_PAGE_ROWS",
     "MAX_AUDITS",
     "STATUSES",
     "Curve",
@@ -56,8 +57,9 @@ __all__ = [
     "ProbeSection",
     "all_audits",
     "audit_label",
-    "audits_frame",
+    "audits_markdown",
     "change_counts",
+    "counts_markdown",
     "changes_frame",
     "clean_text",
     "compare_reports",
@@ -87,6 +89,9 @@ STATUSES = ("passed", "failed", "crashed")
 
 MAX_AUDITS = 20_000
 """The most audit summaries the dashboard reads for its list (newest first)."""
+
+LIST_PAGE_ROWS = 25
+"""Rows of the audit list shown at a time (the list pages through the rest)."""
 
 _PAGE = 1000
 
@@ -215,26 +220,58 @@ def audit_label(row: StoredAudit) -> str:
     return " · ".join((clean_text(row.name), clean_text(row.subject_name), when, row.status, row.run_id[:8]))
 
 
-def audits_frame(rows: Sequence[StoredAudit]) -> pd.DataFrame:
-    """The audit list as a table: one row per audit, newest first."""
-    columns = ["created (UTC)", "audit", "model", "kind", "status", "findings", "gates failed", "probes failed", "run id"]
-    return pd.DataFrame(
-        [
-            (
-                r.created_at.replace(tzinfo=None),
-                r.name,
-                r.subject_name,
-                r.subject_kind,
-                r.status,
-                r.n_findings,
-                r.n_gates_failed,
-                r.n_probes_failed,
-                r.run_id,
-            )
-            for r in rows
-        ],
-        columns=columns,
-    )
+def counts_markdown(rows: Sequence[StoredAudit]) -> str:
+    """One Markdown line: how many audits ``rows`` holds, and how many have each status.
+
+    Example:
+        >>> counts_markdown([])
+        '**0** audits: :green[**0** passed] · :red[**0** failed] · :orange[**0** crashed]'
+    """
+    counts = status_counts(rows)
+    parts = (f":{_STATUS_COLOUR[s]}[**{counts[s]}** {s}]" for s in STATUSES)
+    return f"**{len(rows)}** audit{'' if len(rows) == 1 else 's'}: " + " · ".join(parts)
+
+
+_STATUS_COLOUR = {"passed": "green", "failed": "red", "crashed": "orange"}
+_STATUS_MARKUP = {s: f":{colour}[{s}]" for s, colour in _STATUS_COLOUR.items()}
+_LIST_COLUMNS = (  # (header, right-aligned)
+    ("created (UTC)", False), ("audit", False), ("model", False), ("status", False),
+    ("findings", True), ("gates failed", True), ("probes failed", True), ("run id", False),
+)  # fmt: skip
+
+
+def audits_markdown(rows: Sequence[StoredAudit]) -> str:
+    """The audit list as a Markdown (GFM) table, one row per audit in the order given.
+
+    The run id is cut to its first 8 characters, as :func:`audit_label` shows it in the
+    pickers; the subject's kind is left out (the scorecard shows it), so that the table fits
+    a laptop's screen without wrapping. Every cell taken from a report goes through
+    :func:`md_escape` (``|`` included), so a name cannot end its cell or become markup or
+    HTML; only the status, one of :data:`STATUSES`, is coloured. The dashboard draws it with
+    ``st.markdown``, which needs no script beyond the page's own (a data grid loads ~1.5 MB
+    of JavaScript first).
+
+    Example:
+        >>> print(audits_markdown([]).splitlines()[0])
+        | created (UTC) | audit | model | status | findings | gates failed | probes failed | run id |
+    """
+    lines = [
+        "| " + " | ".join(name for name, _ in _LIST_COLUMNS) + " |",
+        "|" + "|".join("---:" if right else "---" for _, right in _LIST_COLUMNS) + "|",
+    ]
+    for r in rows:
+        cells = (
+            md_escape(f"{r.created_at:%Y-%m-%d %H:%M}"),
+            md_escape(r.name),
+            md_escape(r.subject_name),
+            _STATUS_MARKUP.get(r.status) or md_escape(r.status),
+            str(int(r.n_findings)),
+            str(int(r.n_gates_failed)),
+            str(int(r.n_probes_failed)),
+            md_escape(r.run_id[:8]),  # as the pickers show it (audit_label)
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # -- one audit -----------------------------------------------------------------------------

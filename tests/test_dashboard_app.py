@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,32 @@ def _metric(at, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+_COUNTS = re.compile(r"^\*\*(\d+)\*\* audits?: :green\[\*\*(\d+)\*\* passed\] · :red\[\*\*(\d+)\*\* failed\] · "
+                     r":orange\[\*\*(\d+)\*\* crashed\]$")  # fmt: skip
+
+
+def _counts(at) -> tuple[str, ...]:
+    """The list's counts: audits, passed, failed, crashed."""
+    return next(m.groups() for el in at.markdown if (m := _COUNTS.match(el.value)))
+
+
+def _unescape(cell: str) -> str:
+    cell = re.sub(r"^:(?:green|red|orange)\[(\w+)\]$", r"\1", cell.strip())  # a coloured status
+    return re.sub(r"\\(.)", r"\1", cell)
+
+
+def _list(at) -> list[dict[str, str]]:
+    """The rows of the audit list (a Markdown table), cells unescaped."""
+    table = next(m.value for m in at.markdown if m.value.startswith("| created (UTC) |"))
+    lines = table.splitlines()
+    cells = [[_unescape(c) for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    return [dict(zip(cells[0], row)) for row in cells[2:]]
+
+
+def _column(at, name: str) -> list[str]:
+    return [row[name] for row in _list(at)]
+
+
 _TABLES = {  # a column only that table has (display elements keep no key in AppTest)
     "gates_table": "requires",
     "findings_table": "warnings",  # the first one: the per-probe tables come after it
@@ -93,28 +120,50 @@ def test_list_filters_by_model_status_and_date(demo_store):
     at = _app()
     _ok(at)
     assert at.title[0].value == "Audits"
-    assert (_metric(at, "Audits"), _metric(at, "Passed"), _metric(at, "Failed"), _metric(at, "Crashed")) == (
-        "7", "5", "1", "1",
-    )  # fmt: skip
-    table = at.dataframe[0].value
-    assert list(table["audit"])[:3] == ["smollm2-release-candidate", "smollm2-release-candidate", "digits-cnn-v3"]
+    assert _counts(at) == ("7", "5", "1", "1")
+    assert _column(at, "audit")[:3] == ["smollm2-release-candidate", "smollm2-release-candidate", "digits-cnn-v3"]
+    assert _list(at)[2] == {
+        "created (UTC)": "2025-05-10 09:00", "audit": "digits-cnn-v3", "model": CLASSIFIER, "status": "failed",
+        "findings": "11", "gates failed": "1", "probes failed": "0", "run id": V3[:8],
+    }  # fmt: skip
 
     at.selectbox(key="model").set_value(CLASSIFIER).run()
     _ok(at)
-    assert _metric(at, "Audits") == "3"
-    assert list(at.dataframe[0].value["audit"]) == ["digits-cnn-v3", "digits-cnn-v2", "digits-cnn-v1"]
+    assert _counts(at) == ("3", "2", "1", "0")
+    assert _column(at, "audit") == ["digits-cnn-v3", "digits-cnn-v2", "digits-cnn-v1"]
 
     at.selectbox(key="status").set_value("failed").run()
-    assert _metric(at, "Audits") == "1" and list(at.dataframe[0].value["run id"]) == [V3]
+    assert _counts(at)[0] == "1" and _column(at, "run id") == [V3[:8]]
 
     at.selectbox(key="status").set_value("All").run()
     at.date_input(key="since").set_value(dt.date(2025, 4, 1)).run()
     at.date_input(key="until").set_value(dt.date(2025, 4, 30)).run()
-    assert list(at.dataframe[0].value["run id"]) == [V2]
+    assert _column(at, "run id") == [V2[:8]]
 
     at.date_input(key="since").set_value(dt.date(2025, 5, 1)).run()  # after "until"
     _ok(at)
     assert "after the end date" in at.warning[0].value
+
+
+def test_list_pages_through_many_audits(store_url):
+    from tests.dashboard_support import many_reports
+
+    n = data.LIST_PAGE_ROWS + 5
+    reports = many_reports(n)  # one a day: the newest is the last
+    with ReportStore(store_url) as store:
+        fill_store(store, reports, files_in=None)
+    at = _app()
+    _ok(at)
+    assert _counts(at)[0] == str(n)
+    newest_first = [r.name for r in reversed(reports)]
+    assert _column(at, "audit") == newest_first[: data.LIST_PAGE_ROWS]
+    pages = next(s for s in at.selectbox if s.label == "Rows")
+    assert pages.options == [f"1–{data.LIST_PAGE_ROWS} of {n}", f"{data.LIST_PAGE_ROWS + 1}–{n} of {n}"]
+    pages.set_value(1).run()
+    _ok(at)
+    assert _column(at, "audit") == newest_first[data.LIST_PAGE_ROWS :]
+    # The picker still offers every audit of the list, not only the page's.
+    assert len(next(s for s in at.selectbox if s.label == "Audit").options) == n
 
 
 def test_open_an_audit_from_the_list(demo_store):
@@ -221,7 +270,8 @@ def test_hostile_report_text_is_escaped(store_url):
                          *at.info, *at.success, *at.expander]  # fmt: skip
         for el in markdown_like:
             text = el.label if hasattr(el, "label") and not hasattr(el, "value") else el.value
-            assert "<script>" not in text and "](" not in text and ":red[" not in text, text
+            # (The list colours statuses with :red[...] itself; the hostile name's ":red[x]" must not.)
+            assert "<script>" not in text and "](" not in text and ":red[x]" not in text, text
             shown.append(text)
         for el in at.markdown:
             assert not el.proto.allow_html
@@ -269,6 +319,57 @@ def test_md_escape_defuses_markdown_html_and_streamlit_markup():
     )
     assert data.md_escape("two\nlines\x1b[31m red\x07") == "two lines red"
     assert data.md_escape("plain words 123") == "plain words 123"
+
+
+def test_audits_markdown_is_a_table_of_the_rows_whatever_their_text(store_url):
+    """Read back with an independent Markdown parser (markdown-it, GFM tables): one row per
+    audit, every cell the report's text as text (no HTML, no link, no extra cell)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from html.parser import HTMLParser
+
+    names = [HOSTILE + " a|b \\| c", "two\nlines [link](javascript:alert(1)) :red[x] *i* `c`", "plain"]
+    with ReportStore(store_url) as store:
+        fill_store(store, [make_report(name=n, run_id=f"run{i}" + "0" * 29) for i, n in enumerate(names)],
+                   files_in=None)  # fmt: skip
+        rows = data.all_audits(store)
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(data.audits_markdown(rows))
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.tags, self.in_cell = [], set(), False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.add(tag)
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.rows[-1].append("")
+                self.in_cell = True
+
+        def handle_endtag(self, tag):
+            self.in_cell = self.in_cell and tag not in ("td", "th")
+
+        def handle_data(self, text):
+            if self.in_cell:
+                self.rows[-1][-1] += text
+
+    parsed = Cells()
+    parsed.feed(html)
+    assert parsed.tags <= {"table", "thead", "tbody", "tr", "th", "td"}  # no script, link or emphasis
+    header, *body = parsed.rows
+    assert header == ["created (UTC)", "audit", "model", "status", "findings", "gates failed", "probes failed",
+                      "run id"]  # fmt: skip
+    assert [len(r) for r in body] == [len(header)] * 3
+    by_name = {r[1]: r for r in body}
+    # Line breaks are flattened to one space, as md_escape does everywhere; the rest is verbatim.
+    assert set(by_name) == {" ".join(n.split()) for n in names}
+    stored = next(r for r in rows if r.name == "plain")
+    colour = {"passed": "green", "failed": "red", "crashed": "orange"}[stored.status]
+    assert by_name["plain"] == [
+        f"{stored.created_at:%Y-%m-%d %H:%M}", "plain", stored.subject_name, f":{colour}[{stored.status}]",
+        str(stored.n_findings), str(stored.n_gates_failed), str(stored.n_probes_failed), "run20000",
+    ]  # fmt: skip
 
 
 def test_filter_audits_and_default_baseline(demo_store):
