@@ -48,6 +48,7 @@ __all__ = [
     "Probe",
     "ProbeContext",
     "ProbeInfo",
+    "ParamCheck",
     "Registry",
     "build_probe",
     "did_you_mean",
@@ -158,6 +159,48 @@ class ProbeContext:
         random.seed(s)
         np.random.seed(s % (2**32))
         torch.manual_seed(s)
+
+
+class ParamCheck:
+    """The checks a probe's ``__post_init__`` shares with the others; every failure is a
+    :class:`SpecError` worded ``"<probe id>: <param> must be <expected>, got <value>"``.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class P:
+        ...     id: ClassVar[str] = "example.p"
+        ...     steps: int = 0
+        >>> ParamCheck(P()).int_at_least("steps", 1)
+        Traceback (most recent call last):
+        audit.errors.SpecError: example.p: steps must be an integer >= 1, got 0
+    """
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def fail(self, name: str, expected: str) -> typing.NoReturn:
+        raise SpecError(f"{self.params.id}: {name} must be {expected}, got {getattr(self.params, name)!r}")
+
+    @staticmethod
+    def is_int(value: Any) -> bool:
+        """An integer, and not a boolean (YAML's ``true`` is not a count)."""
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    @staticmethod
+    def is_num(value: Any) -> bool:
+        """A real number, and not a boolean."""
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def int_at_least(self, name: str, low: int) -> None:
+        value = getattr(self.params, name)
+        if not self.is_int(value) or value < low:
+            self.fail(name, f"an integer >= {low}")
+
+    def data_name(self, example: str) -> None:
+        """``params.data`` names a data input of the spec."""
+        data = self.params.data
+        if not isinstance(data, str) or not data.strip():
+            self.fail("data", f"the name of a data input of the spec (e.g. '{example}')")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 
 from audit.errors import InputError, SpecError
 from audit.findings import Finding, SubjectIdentity
-from audit.probe import ProbeContext, did_you_mean, register
+from audit.probe import ParamCheck, ProbeContext, did_you_mean, register
 from audit.subjects import Classifier
 from probes.bias.engine import (
     POLICIES,
@@ -164,9 +164,8 @@ class ClassifierBias:
     batch_size: int = field(default=4096, metadata={"help": "rows per forward pass"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         for name in ("data", "label_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 fail(name, "a non-empty string")

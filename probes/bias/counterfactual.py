@@ -40,7 +40,7 @@ import numpy as np
 
 from audit.errors import InputError, SpecError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from probes.bias.engine import disaggregate, holm
 
 __all__ = ["CounterfactualGeneration", "EmbeddingScorer", "TextClassifierScorer", "build_scorer", "minilm_folder"]
@@ -201,9 +201,8 @@ class CounterfactualGeneration:
     confidence: float = field(default=0.95, metadata={"help": "confidence level"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         if not self.templates or any("{group}" not in t for t in self.templates):
             fail("templates", "a non-empty list of strings that each contain {group}")
         if not isinstance(self.groups, Mapping) or len(self.groups) < 2:

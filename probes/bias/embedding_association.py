@@ -38,9 +38,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding, Interval
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from probes.bias.engine import holm
 
 __all__ = ["EmbeddingAssociation", "WeatResult", "association_scores", "load_weat_sets", "weat"]
@@ -177,9 +177,8 @@ class EmbeddingAssociation:
     batch_size: int = field(default=64, metadata={"help": "texts per embedding batch"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         if self.mode not in ("sentence", "word"):
             fail("mode", "'sentence' or 'word'")
         if self.mode == "sentence" and (not self.templates or any(t.count("{}") != 1 for t in self.templates)):

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.bias.engine import holm
 
@@ -156,9 +156,8 @@ class StereotypePairs:
     confidence: float = field(default=0.95, metadata={"help": "confidence level"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         if self.on_bad_rows not in ("error", "skip"):
             fail("on_bad_rows", "'error' or 'skip'")
         if self.max_pairs is not None and (not isinstance(self.max_pairs, int) or self.max_pairs < 1):

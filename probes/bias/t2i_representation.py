@@ -35,7 +35,7 @@ import numpy as np
 
 from audit.errors import InputError, SpecError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci, wilson_interval
 
 __all__ = ["JUDGE_LIMITS", "T2IRepresentation", "representation_metrics", "zero_shot"]
@@ -127,9 +127,8 @@ class T2IRepresentation:
     confidence: float = field(default=0.95, metadata={"help": "confidence level"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
             fail("prompts", "a non-empty list of prompts")
         if len(set(self.prompts)) != len(self.prompts):

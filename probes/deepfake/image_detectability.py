@@ -56,7 +56,7 @@ from torch import nn
 from audit.errors import InputError, SpecError, require
 from audit.findings import Finding
 from audit.images import ImageReadLog, iter_image_batches, list_images
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.deepfake.metrics import (
     DetectionSummary,
@@ -339,9 +339,8 @@ class ImageDetectability:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         from probes.robustness.classifier import parse_eps
 
         if not isinstance(self.reference, str) or not self.reference.strip():

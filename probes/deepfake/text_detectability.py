@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.textdata import read_documents
 from probes.deepfake.metrics import (
     MIN_PER_CLASS,
@@ -156,21 +156,11 @@ class TextDetectability:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        if not isinstance(self.data, str) or not self.data.strip():
-            fail("data", "the name of a data input of the spec (e.g. 'texts')")
-        if not is_int(self.prompt_tokens) or self.prompt_tokens < 1:
-            fail("prompt_tokens", "an integer >= 1")
-        if not is_int(self.continuation_tokens) or self.continuation_tokens < 2:
-            fail("continuation_tokens", "an integer >= 2")
+        check = ParamCheck(self)
+        fail, is_int, is_num = check.fail, check.is_int, check.is_num
+        check.data_name("texts")
+        check.int_at_least("prompt_tokens", 1)
+        check.int_at_least("continuation_tokens", 2)
         if not is_int(self.min_continuation_tokens) or not 1 <= self.min_continuation_tokens <= self.continuation_tokens:
             fail("min_continuation_tokens", f"an integer in 1 .. continuation_tokens ({self.continuation_tokens})")
         if self.max_documents is not None and (not is_int(self.max_documents) or self.max_documents < MIN_PER_CLASS):
@@ -186,8 +176,7 @@ class TextDetectability:
                 fail(name, "one of hf, gguf, python")
         if not is_num(self.calibration_fraction) or not 0.1 <= self.calibration_fraction <= 0.9:
             fail("calibration_fraction", "a number in [0.1, 0.9]")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            fail("batch_size", "an integer >= 1")
+        check.int_at_least("batch_size", 1)
         if not is_int(self.n_resamples) or self.n_resamples < 100:
             fail("n_resamples", "an integer >= 100 (fewer gives unstable interval bounds)")
         if not is_num(self.confidence) or not 0 < self.confidence < 1:

@@ -44,7 +44,7 @@ import numpy as np
 from audit.energy import IdleBaseline, Window, default_meter, measure_idle, measure_window, summarize
 from audit.errors import SpecError
 from audit.findings import Finding, Interval
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci, bootstrap_ratio_ci, wilson_interval
 
 __all__ = ["InferenceEnergy", "host_peak_rss_bytes", "percentile_ci", "reset_host_peak"]
@@ -110,12 +110,8 @@ class InferenceEnergy:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
+        check = ParamCheck(self)
+        fail, is_int = check.fail, check.is_int
         def is_num(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -150,8 +146,7 @@ class InferenceEnergy:
                 grid_intensity(self.country)
             except KeyError as exc:
                 raise SpecError(f"{self.id}: country: {exc.args[0]}") from None
-        if not is_int(self.n_resamples) or self.n_resamples < 100:
-            fail("n_resamples", "an integer >= 100")
+        check.int_at_least("n_resamples", 100)
         if not is_num(self.confidence) or not 0 < self.confidence < 1:
             fail("confidence", "a number in (0, 1), e.g. 0.95")
 

@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding
 from audit.images import ImageReadLog, read_prompts
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci
 from probes.quality.features import clip_image_input, clip_preprocess, load_open_clip
 from probes.sharding import image_shard, merge_read_logs
@@ -66,9 +66,8 @@ class ClipScore:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the interval"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         if not isinstance(self.clip_model, str) or not self.clip_model.strip():
             fail("clip_model", "an open_clip architecture name or module:factory")
         if self.max_prompts is not None and (isinstance(self.max_prompts, bool) or not isinstance(self.max_prompts, int)

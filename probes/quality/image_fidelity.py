@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding, Interval
 from audit.images import ImageReadLog, iter_image_batches, list_images
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.quality.features import FeatureExtractor, build_extractor
 from probes.quality.image_functional import (
@@ -153,9 +153,8 @@ class ImageFidelity:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
+        check = ParamCheck(self)
+        fail = check.fail
         if not isinstance(self.reference, str) or not self.reference.strip():
             fail("reference", "the name of a data input (e.g. 'reference')")
         if not isinstance(self.feature, str) or not (self.feature in ("inception", "clip") or ":" in self.feature):

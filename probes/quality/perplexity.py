@@ -19,9 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from audit.errors import SpecError
 from audit.findings import Finding, Interval
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ratio_ci
 from audit.textdata import read_documents
 from probes.quality.functional import bits_per_byte, corpus_perplexity, windowed_token_logprobs
@@ -65,20 +64,14 @@ class Perplexity:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not isinstance(self.data, str) or not self.data.strip():
-            fail("data", "the name of a data input of the spec (e.g. 'texts')")
+        check = ParamCheck(self)
+        fail, is_int = check.fail, check.is_int
+        check.data_name("texts")
         if not is_int(self.max_length) or self.max_length < 2:
             fail("max_length", "an integer >= 2 (one token of context and one to score)")
         if not is_int(self.stride) or not 0 < self.stride <= self.max_length:
             fail("stride", f"an integer in 1 .. max_length ({self.max_length})")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            fail("batch_size", "an integer >= 1")
+        check.int_at_least("batch_size", 1)
         if not isinstance(self.add_bos, bool):
             fail("add_bos", "true or false")
         if self.slice_by is not None and (not isinstance(self.slice_by, str) or not self.slice_by.strip()):

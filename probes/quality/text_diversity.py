@@ -24,9 +24,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci
 from audit.textdata import read_documents
 from probes.quality.text_functional import distinct_n, self_bleu, tokenize
@@ -93,18 +93,12 @@ class TextDiversity:
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals, in (0, 1)"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not isinstance(self.data, str) or not self.data.strip():
-            fail("data", "the name of a data input of the spec (e.g. 'prompts')")
+        check = ParamCheck(self)
+        fail, is_int = check.fail, check.is_int
+        check.data_name("prompts")
         if not is_int(self.samples_per_prompt) or self.samples_per_prompt < 2:
             fail("samples_per_prompt", "an integer >= 2 (self-BLEU compares samples with each other)")
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            fail("max_new_tokens", "an integer >= 1")
+        check.int_at_least("max_new_tokens", 1)
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
                 or not 0 < self.temperature <= 10:
             fail("temperature", "a number in (0, 10] (greedy decoding makes every sample the same)")

@@ -31,7 +31,7 @@ import torch
 
 from audit.errors import InputError, SpecError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci, wilson_interval
 from probes.robustness.attacks import (
     AttackResult,
@@ -202,14 +202,9 @@ class RobustnessClassifier:
     n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples for the area's interval"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not isinstance(self.data, str) or not self.data.strip():
-            fail("data", "the name of a data input of the spec (e.g. 'images')")
+        check = ParamCheck(self)
+        fail, is_int = check.fail, check.is_int
+        check.data_name("images")
         if not isinstance(self.eps, tuple) or not self.eps:
             fail("eps", "a non-empty list of budgets, e.g. ['2/255', '8/255']")
         values = [parse_eps(e, where=f"{self.id}: eps")[0] for e in self.eps]
@@ -219,15 +214,13 @@ class RobustnessClassifier:
             fail("attacks", f"a non-empty list of distinct attacks from {list(ATTACKS)}")
         if self.norm not in ("linf", "l2"):
             fail("norm", "'linf' or 'l2'")
-        if not is_int(self.steps) or self.steps < 1:
-            fail("steps", "an integer >= 1")
+        check.int_at_least("steps", 1)
         if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
                                            or not 0 < self.step_size <= 10):
             fail("step_size", "a fraction of eps in (0, 10], or null for 2.5 / steps")
         if not isinstance(self.random_start, bool):
             fail("random_start", "true or false")
-        if not is_int(self.restarts) or self.restarts < 1:
-            fail("restarts", "an integer >= 1")
+        check.int_at_least("restarts", 1)
         if not isinstance(self.targeted, bool):
             fail("targeted", "true or false")
         if self.sanity_eps is not None and (isinstance(self.sanity_eps, bool) or not isinstance(self.sanity_eps, (int, float))
@@ -241,8 +234,7 @@ class RobustnessClassifier:
             fail("precision", "'fp32' or 'bf16'")
         if self.backend not in ("torch", "art"):
             fail("backend", "'torch' or 'art'")
-        if not is_int(self.n_resamples) or self.n_resamples < 100:
-            fail("n_resamples", "an integer >= 100")
+        check.int_at_least("n_resamples", 100)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, subject: Any, ctx: ProbeContext) -> list[Finding]:

@@ -27,7 +27,7 @@ import torch
 
 from audit.errors import InputError, SpecError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.robustness.attacks import _check_budget, perturbation_norms, pgd, run_batched
 from probes.robustness.classifier import load_labelled_inputs, parse_eps
@@ -124,14 +124,9 @@ class DetectorEvasion:
     precision: str = field(default="fp32", metadata={"help": "fp32 (for gates) or bf16 (autocast, screening)"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not isinstance(self.data, str) or not self.data.strip():
-            fail("data", "the name of a data input of the spec (e.g. 'generated')")
+        check = ParamCheck(self)
+        fail, is_int = check.fail, check.is_int
+        check.data_name("generated")
         if not (is_int(self.real_class) and self.real_class >= 0) and not (
                 isinstance(self.real_class, str) and self.real_class.strip()):
             fail("real_class", "a class name or a non-negative class index")
@@ -142,15 +137,13 @@ class DetectorEvasion:
             fail("eps", "strictly ascending budgets")
         if self.norm not in ("linf", "l2"):
             fail("norm", "'linf' or 'l2'")
-        if not is_int(self.steps) or self.steps < 1:
-            fail("steps", "an integer >= 1")
+        check.int_at_least("steps", 1)
         if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
                                            or not 0 < self.step_size <= 10):
             fail("step_size", "a fraction of eps in (0, 10], or null")
         if not isinstance(self.random_start, bool):
             fail("random_start", "true or false")
-        if not is_int(self.restarts) or self.restarts < 1:
-            fail("restarts", "an integer >= 1")
+        check.int_at_least("restarts", 1)
         if self.max_samples is not None and (not is_int(self.max_samples) or self.max_samples < 1):
             fail("max_samples", "an integer >= 1 or null")
         if self.batch_size is not None and (not is_int(self.batch_size) or self.batch_size < 1):

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError
 from audit.findings import Finding
-from audit.probe import ProbeContext, register
+from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci, wilson_interval
 from probes.robustness.attacks import eval_mode
 
@@ -162,12 +162,8 @@ class TextEmbeddingAttack:
     n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples over prompts"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise SpecError(f"{self.id}: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
+        check = ParamCheck(self)
+        fail = check.fail
         if not isinstance(self.target, str) or not self.target.strip():
             fail("target", "a non-empty continuation")
         if self.data is None and (not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts)):
@@ -179,15 +175,12 @@ class TextEmbeddingAttack:
             fail("radius", "a non-empty list of relative radii in (0, 10]")
         if any(b <= a for a, b in zip(self.radius, self.radius[1:])):
             fail("radius", "strictly ascending radii")
-        if not is_int(self.steps) or self.steps < 1:
-            fail("steps", "an integer >= 1")
+        check.int_at_least("steps", 1)
         if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
                                            or not 0 < self.step_size <= 10):
             fail("step_size", "a fraction of the radius in (0, 10], or null")
-        if not is_int(self.max_prompts) or self.max_prompts < 1:
-            fail("max_prompts", "an integer >= 1")
-        if not is_int(self.n_resamples) or self.n_resamples < 100:
-            fail("n_resamples", "an integer >= 100")
+        check.int_at_least("max_prompts", 1)
+        check.int_at_least("n_resamples", 100)
 
     def _attack(self, model: Any, prompt_ids: list[list[int]], target_ids: list[int], prefix: list[int],
                 subject: Any, ctx: ProbeContext) -> dict[str, torch.Tensor]:
