@@ -595,6 +595,34 @@ def _hash_files(folder: Path, files: list[Path]) -> tuple[FileHash, ...]:
     )
 
 
+def load_module_weights(module: Any, weights: Any, *, base_dir: Path, kind: str) -> tuple[FileHash, ...]:
+    """Load ``subject.options.weights`` into a user's ``nn.Module`` (``strict``) and return its
+    file hash; ``weights`` is a .safetensors path, relative to the spec's folder.
+
+    Raises:
+        SpecError: ``weights`` is not a path.
+        InputError: the file is missing, is not safetensors (a pickle can run arbitrary code),
+            is truncated, or its tensors do not fit the module.
+    """
+    if not isinstance(weights, (str, os.PathLike)):
+        raise SpecError(f"subject.options.weights: expected the path of a .safetensors file, got {weights!r}")
+    path = Path(weights).expanduser()
+    path = path if path.is_absolute() else Path(base_dir) / path
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path} (subject.options.weights {str(weights)!r})")
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: {kind} weights load from safetensors files only (a pickled "
+                         f"{path.suffix} file can run arbitrary code); convert it with safetensors.torch.save_file")
+    _check_safetensors(path)
+    from safetensors.torch import load_file
+
+    try:
+        module.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: its tensors do not fit the module: {str(exc).splitlines()[0]}") from None
+    return (FileHash(path.name, sha256_file(path), path.stat().st_size),)
+
+
 def _check_safetensors(path: Path) -> None:
     """Cheap integrity check of a safetensors file: the header parses and the data is all there."""
     size = path.stat().st_size

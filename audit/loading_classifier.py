@@ -221,7 +221,7 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 # -- classifier from python ------------------------------------------------------------------------
 def _load_python_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Classifier:
-    from audit.loading import _check_safetensors, _import_callable, sha256_file
+    from audit.loading import _import_callable, load_module_weights
 
     factory, attr = _import_callable(spec.path, base_dir)
     kwargs = {k: v for k, v in spec.options.items() if k not in (*_INPUT_OPTIONS, "weights")}
@@ -244,23 +244,7 @@ def _load_python_classifier(spec: SubjectSpec, base_dir: Path, device: torch.dev
     files: tuple[FileHash, ...] = ()
     weights = spec.options.get("weights")
     if weights is not None:
-        if not isinstance(weights, str):
-            raise SpecError(f"subject.options.weights: expected the path of a .safetensors file, got {weights!r}")
-        wpath = _resolve(weights, base_dir)
-        if not wpath.is_file():
-            raise InputError(f"weights file not found: {wpath} (subject.options.weights {weights!r})")
-        if wpath.suffix != ".safetensors":
-            raise InputError(f"{wpath}: classifier weights load from safetensors files only (a pickled "
-                             f"{wpath.suffix} file can run arbitrary code); convert it with safetensors.torch.save_file")
-        _check_safetensors(wpath)
-        from safetensors.torch import load_file
-
-        try:
-            result.load_state_dict(load_file(str(wpath)), strict=True)
-        except RuntimeError as exc:
-            raise InputError(f"{wpath}: its tensors do not fit the module {spec.path!r} returns: "
-                             f"{str(exc).splitlines()[0]}") from exc
-        files = (FileHash(wpath.name, sha256_file(wpath), wpath.stat().st_size),)
+        files = load_module_weights(result, weights, base_dir=base_dir, kind="classifier")
     if spec.dtype not in ("auto", "float32"):
         result = result.to(getattr(torch, spec.dtype))
     return classifier_from_module(result, **opts, name=name, device=device, source=spec.source,

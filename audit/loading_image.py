@@ -246,7 +246,7 @@ def load_torch_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, c
     """Loader for ``(image-generator, torch)``."""
     import torch
 
-    from audit.loading import _check_safetensors, _import_callable, sha256_file
+    from audit.loading import _import_callable, load_module_weights
 
     options = dict(spec.options)
     known = {"latent_shape", "weights", "output_range", "factory_kwargs"}
@@ -276,22 +276,7 @@ def load_torch_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, c
     files: tuple[FileHash, ...] = ()
     weights = options.get("weights")
     if weights is not None:
-        wp = Path(str(weights)).expanduser()
-        wp = wp if wp.is_absolute() else base_dir / wp
-        if not wp.is_file():
-            raise InputError(f"subject.options.weights: file not found: {wp}")
-        if wp.suffix != ".safetensors":
-            raise InputError(f"subject.options.weights: {wp} is not a .safetensors file; pickled weights are "
-                             "not loaded for torch image generators (convert them with safetensors)")
-        _check_safetensors(wp)
-        from safetensors.torch import load_file
-
-        try:
-            module.load_state_dict(load_file(str(wp)))
-        except RuntimeError as exc:
-            raise InputError(f"{wp}: its tensors do not fit the module from {spec.path!r}: "
-                             f"{str(exc).splitlines()[0]}") from None
-        files = (FileHash(wp.name, sha256_file(wp), wp.stat().st_size),)
+        files = load_module_weights(module, weights, base_dir=base_dir, kind="torch image generator")
     if spec.dtype not in ("auto", "float32"):
         module = module.to(getattr(torch, spec.dtype))
     module = module.to(device).eval()

@@ -153,6 +153,16 @@ def test_torch_module_generator_with_safetensors_weights(tmp_path):
     with pytest.raises(InputError, match="do not fit"):
         _load("torch", "gan.py:make", tmp_path,
               options={"latent_shape": [6], "weights": "g.safetensors", "factory_kwargs": {"size": 5}})
+    with pytest.raises(InputError, match="weights file not found: .*missing.safetensors"):
+        _load("torch", "gan.py:make", tmp_path,
+              options={"latent_shape": [6], "weights": "missing.safetensors", "factory_kwargs": {"size": 4}})
+    torch.save(mod.make(4).state_dict(), tmp_path / "g.pt")
+    with pytest.raises(InputError, match="g.pt: torch image generator weights load from safetensors files only"):
+        _load("torch", "gan.py:make", tmp_path, options={"latent_shape": [6], "weights": "g.pt", "factory_kwargs": {"size": 4}})
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "g.safetensors").read_bytes()[:-8])
+    with pytest.raises(InputError, match="cut.safetensors"):
+        _load("torch", "gan.py:make", tmp_path,
+              options={"latent_shape": [6], "weights": "cut.safetensors", "factory_kwargs": {"size": 4}})
 
 
 def test_to_uint8_nchw_accepts_the_usual_outputs():

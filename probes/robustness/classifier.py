@@ -45,7 +45,7 @@ from probes.robustness.attacks import (
     run_batched,
 )
 
-__all__ = ["RobustnessClassifier", "load_labelled_inputs", "parse_eps", "robust_accuracy_area"]
+__all__ = ["RobustnessClassifier", "check_threat_model", "load_labelled_inputs", "parse_eps", "robust_accuracy_area"]
 
 ATTACKS = ("fgsm", "pgd")
 #: Robust accuracy above this at the sanity eps flags possible gradient masking.
@@ -57,6 +57,25 @@ _Y_KEYS = ("y", "labels", "targets")
 
 
 # -- pure helpers ----------------------------------------------------------------------------------
+def check_threat_model(check: ParamCheck, example_eps: str) -> None:
+    """The attack parameters the robustness probes share: ``eps`` (ascending budgets), ``norm``,
+    ``steps``, ``step_size``, ``random_start`` and ``restarts`` (a :class:`SpecError` otherwise)."""
+    p, fail = check.params, check.fail
+    if not isinstance(p.eps, tuple) or not p.eps:
+        fail("eps", f"a non-empty list of budgets, e.g. {example_eps}")
+    values = [parse_eps(e, where=f"{p.id}: eps")[0] for e in p.eps]
+    if any(b <= a for a, b in zip(values, values[1:])):
+        fail("eps", "strictly ascending budgets")
+    if p.norm not in ("linf", "l2"):
+        fail("norm", "'linf' or 'l2'")
+    check.int_at_least("steps", 1)
+    if p.step_size is not None and (not check.is_num(p.step_size) or not 0 < p.step_size <= 10):
+        fail("step_size", "a fraction of eps in (0, 10], or null for 2.5 / steps")
+    if not isinstance(p.random_start, bool):
+        fail("random_start", "true or false")
+    check.int_at_least("restarts", 1)
+
+
 def parse_eps(value: float | int | str, *, where: str = "eps") -> tuple[float, str]:
     """A budget and its label: ``"8/255"`` -> ``(0.0313..., "8/255")``, ``0.1`` -> ``(0.1, "0.1")``.
 
@@ -205,22 +224,9 @@ class RobustnessClassifier:
         check = ParamCheck(self)
         fail, is_int = check.fail, check.is_int
         check.data_name("images")
-        if not isinstance(self.eps, tuple) or not self.eps:
-            fail("eps", "a non-empty list of budgets, e.g. ['2/255', '8/255']")
-        values = [parse_eps(e, where=f"{self.id}: eps")[0] for e in self.eps]
-        if any(b <= a for a, b in zip(values, values[1:])):
-            fail("eps", "strictly ascending budgets")
+        check_threat_model(check, "['2/255', '8/255']")
         if not self.attacks or not all(a in ATTACKS for a in self.attacks) or len(set(self.attacks)) != len(self.attacks):
             fail("attacks", f"a non-empty list of distinct attacks from {list(ATTACKS)}")
-        if self.norm not in ("linf", "l2"):
-            fail("norm", "'linf' or 'l2'")
-        check.int_at_least("steps", 1)
-        if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
-                                           or not 0 < self.step_size <= 10):
-            fail("step_size", "a fraction of eps in (0, 10], or null for 2.5 / steps")
-        if not isinstance(self.random_start, bool):
-            fail("random_start", "true or false")
-        check.int_at_least("restarts", 1)
         if not isinstance(self.targeted, bool):
             fail("targeted", "true or false")
         if self.sanity_eps is not None and (isinstance(self.sanity_eps, bool) or not isinstance(self.sanity_eps, (int, float))

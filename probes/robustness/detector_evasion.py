@@ -30,7 +30,7 @@ from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.robustness.attacks import _check_budget, perturbation_norms, pgd, run_batched
-from probes.robustness.classifier import load_labelled_inputs, parse_eps
+from probes.robustness.classifier import check_threat_model, load_labelled_inputs, parse_eps
 
 __all__ = ["DetectorEvasion", "evasion_curve", "real_class_index"]
 
@@ -130,20 +130,7 @@ class DetectorEvasion:
         if not (is_int(self.real_class) and self.real_class >= 0) and not (
                 isinstance(self.real_class, str) and self.real_class.strip()):
             fail("real_class", "a class name or a non-negative class index")
-        if not isinstance(self.eps, tuple) or not self.eps:
-            fail("eps", "a non-empty list of budgets, e.g. ['1/255', '8/255']")
-        values = [parse_eps(e, where=f"{self.id}: eps")[0] for e in self.eps]
-        if any(b <= a for a, b in zip(values, values[1:])):
-            fail("eps", "strictly ascending budgets")
-        if self.norm not in ("linf", "l2"):
-            fail("norm", "'linf' or 'l2'")
-        check.int_at_least("steps", 1)
-        if self.step_size is not None and (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
-                                           or not 0 < self.step_size <= 10):
-            fail("step_size", "a fraction of eps in (0, 10], or null")
-        if not isinstance(self.random_start, bool):
-            fail("random_start", "true or false")
-        check.int_at_least("restarts", 1)
+        check_threat_model(check, "['1/255', '8/255']")
         if self.max_samples is not None and (not is_int(self.max_samples) or self.max_samples < 1):
             fail("max_samples", "an integer >= 1 or null")
         if self.batch_size is not None and (not is_int(self.batch_size) or self.batch_size < 1):
