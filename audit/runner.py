@@ -167,7 +167,7 @@ class _Partial:
 def _inputs_digest(spec: AuditSpec) -> dict[str, str]:
     """sha256 of each data input (a folder: of its files' names and contents), so that a
     resumed run can refuse inputs that changed since it was interrupted."""
-    from audit.loading import sha256_file
+    from audit.subjects.loading import sha256_file
 
     out: dict[str, str] = {}
     for name, path in sorted(spec.data_paths().items()):
@@ -201,7 +201,7 @@ def _audit_energy(statuses: dict[str, ProbeStatus], emissions: Any = None) -> di
     """The audit's energy: the sum of what was measured, labelled for what was not.
 
     Estimates (codecarbon's offline TDP model) are totalled apart in ``estimate_joules``, never
-    added to ``joules``. With ``emissions`` (an :class:`audit.emissions.EmissionsFactor`), the
+    added to ``joules``. With ``emissions`` (an :class:`audit.energy.emissions.EmissionsFactor`), the
     record also carries ``emissions``: gCO2e of the measured joules (``g_co2e``) and, labelled
     apart, of the estimated ones (``estimate_g_co2e``), with the intensity's source and the PUE.
     """
@@ -267,7 +267,7 @@ def run_audit(
         cache_dir: folder for converted models and other reusable work.
         device: overrides the spec's ``settings.device``.
         on_event: called with one-line progress messages (the CLI prints them).
-        subject_loader: replaces :func:`audit.loading.load_subject` (tests, embedding apps).
+        subject_loader: replaces :func:`audit.subjects.loading.load_subject` (tests, embedding apps).
         dist: the ranks to run over; by default torchrun's (``RANK``/``WORLD_SIZE`` in the
             environment, timeouts from ``GENAI_AUDIT_DIST_TIMEOUT`` / ``_FAIL_GRACE``, in
             seconds), else this process alone. Only rank 0 writes files and the store.
@@ -281,7 +281,7 @@ def run_audit(
     say = on_event or (lambda msg: log.info(msg))
     t_start = time.perf_counter()
     out = Path(out_dir)
-    from audit.loading import resolve_device
+    from audit.subjects.loading import resolve_device
 
     dev = resolve_device(device or spec.subject.device or spec.settings.device)
     own_group = False
@@ -326,7 +326,7 @@ def run_audit(
             say(f"loading {spec.subject.kind} from {spec.subject.source}: {spec.subject.path}")
             loader = subject_loader
             if loader is None:
-                from audit.loading import load_subject as loader
+                from audit.subjects.loading import load_subject as loader
             subject = loader(spec.subject, base_dir=Path(spec.base_dir), device=str(dev), cache_dir=cache)
             timings["load_subject_s"] = time.perf_counter() - t0
             if identity is not None and identity.files != subject.identity.files:

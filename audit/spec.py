@@ -97,7 +97,7 @@ class GateSpec(_Frozen):
 
 class EmissionsSettings(_Frozen):
     """How the audit's energy becomes gCO2e: a grid intensity (an ISO country code looked up in
-    the offline table of :mod:`audit.emissions`, or a value with its source) and the PUE."""
+    the offline table of :mod:`audit.energy.emissions`, or a value with its source) and the PUE."""
 
     country: str | None = Field(default=None, description="ISO 3166 code, e.g. FR or FRA (offline table)")
     g_per_kwh: float | None = Field(default=None, ge=0, allow_inf_nan=False,
@@ -118,8 +118,8 @@ class EmissionsSettings(_Frozen):
         return self
 
     def factor(self) -> Any:
-        """The :class:`audit.emissions.EmissionsFactor` these settings describe."""
-        from audit.emissions import emissions_factor
+        """The :class:`audit.energy.emissions.EmissionsFactor` these settings describe."""
+        from audit.energy.emissions import emissions_factor
 
         return emissions_factor(country=self.country, g_per_kwh=self.g_per_kwh, source=self.source, pue=self.pue)
 

@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit.loading_classifier import InputSpaceModel  # noqa: E402
+from audit.subjects.classifier import InputSpaceModel  # noqa: E402
 from probes.robustness.attacks import pgd, run_batched  # noqa: E402
 
 

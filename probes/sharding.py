@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from audit.images import ImageReadLog, iter_image_batches
+from audit.subjects.imagedata import ImageReadLog, iter_image_batches
 
 __all__ = ["image_shard", "merge_read_logs", "shard_map"]
 
@@ -72,7 +72,7 @@ def image_shard(subject: Any, ctx: Any, n: int, *, batch_size: int, seed: int,
     ``i`` is generated from ``seed + i`` on whichever rank makes it. A subject of another kind is
     run whole on every rank (same seed) and each rank keeps its own indices.
     """
-    from audit.loading_image import CallableImageGenerator, FolderImageGenerator, TorchImageGenerator
+    from audit.subjects.image import CallableImageGenerator, FolderImageGenerator, TorchImageGenerator
 
     bs = batch_size
     mine = ctx.dist.shard(n, block=bs)

@@ -182,7 +182,7 @@ def save_tiny_open_clip(folder: str | Path) -> Path:
 
 def tiny_open_clip_encoder():
     """``module:callable`` for a python-source encoder: the tiny CLIP as an Encoder."""
-    from audit.loading_encoder import OpenClipEncoder
+    from audit.subjects.encoder import OpenClipEncoder
 
     model, tokenizer = tiny_open_clip()
     return OpenClipEncoder(model, tokenizer, SubjectIdentity(name="tiny-clip", kind="encoder", source="python"))
@@ -253,7 +253,7 @@ def stereotype_pairs_inputs(tmp_path):
 
 
 def _tiny_encoder(tmp_path):
-    from audit.loading_encoder import HFSentenceEncoder
+    from audit.subjects.encoder import HFSentenceEncoder
 
     return HFSentenceEncoder.from_folder(save_tiny_sentence_encoder(tmp_path / "tiny-st"))
 

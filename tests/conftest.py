@@ -78,7 +78,7 @@ def smollm2_conversion(tmp_path_factory):
 
     import torch
 
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     gguf = smollm2_gguf()

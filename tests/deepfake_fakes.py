@@ -115,7 +115,7 @@ def detached_features() -> nn.Module:
 
 
 def generator_subject(shift: float = 0.0, size: int = 16, **options):
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     return load_subject(SubjectSpec(kind="image-generator", source="python", path="tests.deepfake_fakes:smooth_images",

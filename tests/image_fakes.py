@@ -98,7 +98,7 @@ PROMPTS = ["a red square", "a photo of a dog", "a blue circle on white", "a cat 
 
 def image_fidelity_inputs(tmp_path):
     """FAKES entry for quality.image_fidelity: a folder subject against a reference folder."""
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     gen = write_image_folder(tmp_path / "gen", 24, seed=1, shift=0.3)
@@ -112,7 +112,7 @@ def image_fidelity_inputs(tmp_path):
 
 def clip_score_inputs(tmp_path):
     """FAKES entry for quality.clip_score: a folder with prompts.jsonl, judged by a tiny CLIP."""
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     gen = write_image_folder(tmp_path / "t2i", 8, size=32, seed=3, prompts=PROMPTS)

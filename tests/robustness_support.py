@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import nn
 
-from audit.loading_classifier import TorchClassifier, classifier_from_module
+from audit.subjects.classifier import TorchClassifier, classifier_from_module
 
 
 @functools.lru_cache(maxsize=1)

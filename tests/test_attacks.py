@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from audit.errors import InputError, SpecError
-from audit.loading_classifier import InputSpaceModel
+from audit.subjects.classifier import InputSpaceModel
 from audit.stats import wilson_interval
 from probes.robustness.art_backend import art_fgsm, art_pgd
 from probes.robustness.attacks import (

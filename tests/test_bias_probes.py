@@ -394,7 +394,7 @@ def test_weat_hand_derived_two_dimensional_case():
 def test_embedding_association_probe_and_bad_sets(tmp_path):
     import json
 
-    from audit.loading_encoder import HFSentenceEncoder
+    from audit.subjects.encoder import HFSentenceEncoder
 
     enc = HFSentenceEncoder.from_folder(save_tiny_sentence_encoder(tmp_path / "st"))
     sets = {"tests": {"t": {"X": ["rose", "tulip"], "Y": ["ant", "wasp"], "A": ["love", "happy"], "B": ["hate", "sad"]}}}

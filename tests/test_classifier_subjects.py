@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from audit.errors import InputError, SpecError
-from audit.loading import load_subject
-from audit.loading_classifier import TorchClassifier
+from audit.subjects.loading import load_subject
+from audit.subjects.classifier import TorchClassifier
 from audit.spec import SubjectSpec
 from audit.subjects import Classifier
 from tests.robustness_support import small_net, trained_digits_net

@@ -49,7 +49,7 @@ def test_probe_equals_the_open_clip_recipe(tmp_path):
 
 
 def test_text_to_image_callable_reads_prompts_from_data(tmp_path):
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     (tmp_path / "t2i.py").write_text(textwrap.dedent("""
@@ -83,7 +83,7 @@ def test_clip_without_local_weights_offline_is_a_clear_error(tmp_path, monkeypat
 
 
 def test_folder_without_prompts_is_skipped_by_capability(tmp_path):
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
     from audit.subjects import missing_capabilities
     from tests.image_fakes import write_image_folder

@@ -104,7 +104,7 @@ _register_test_probes()
 
 def _torch_images(tmp_path):
     from audit.findings import SubjectIdentity
-    from audit.loading_image import TorchImageGenerator
+    from audit.subjects.image import TorchImageGenerator
     from tests import image_fakes
 
     torch.manual_seed(5)
@@ -126,7 +126,7 @@ def _callable_images(n, seed=0):
 
 def _callable_subject(tmp_path):
     from audit.findings import SubjectIdentity
-    from audit.loading_image import CallableImageGenerator
+    from audit.subjects.image import CallableImageGenerator
     from tests import image_fakes
 
     subject = CallableImageGenerator(_callable_images, SubjectIdentity(name="fn", kind="image-generator",

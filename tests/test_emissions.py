@@ -1,4 +1,4 @@
-"""Tests of audit.emissions: the formula by hand, the offline table against its cited source."""
+"""Tests of audit.energy.emissions: the formula by hand, the offline table against its cited source."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.emissions import (
+from audit.energy.emissions import (
     GRID_INTENSITY,
     GRID_SOURCE,
     EmissionsFactor,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from audit.errors import InputError, SpecError
-from audit.loading import load_subject
-from audit.loading_encoder import HFSentenceEncoder, OpenClipEncoder
+from audit.subjects.loading import load_subject
+from audit.subjects.encoder import HFSentenceEncoder, OpenClipEncoder
 from audit.spec import SubjectSpec
 from tests.bias_fakes import save_tiny_open_clip, save_tiny_sentence_encoder, tiny_open_clip
 

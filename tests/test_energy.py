@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audit import energy as energy_mod
+from audit.energy import meters as energy_mod
 from audit.energy import (
     CPU_UNAVAILABLE_REASON,
     CompositeMeter,

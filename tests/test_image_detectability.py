@@ -373,7 +373,7 @@ def test_too_few_images_per_class_is_an_input_error(tmp_path):
 
 
 def test_strong_imbalance_is_reported_with_balanced_metrics_and_a_warning(tmp_path):
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     real = write_real(tmp_path / "real", 60)

@@ -196,7 +196,7 @@ def _ctx(data, **kw):
 
 
 def _folder_subject(path):
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     return load_subject(SubjectSpec(kind="image-generator", source="folder", path=str(path)), device="cpu",

@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 from audit.errors import InputError, SpecError
-from audit.images import ImageReadLog, iter_image_batches, list_images, to_uint8_nchw
-from audit.loading import load_subject
+from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_images, to_uint8_nchw
+from audit.subjects.loading import load_subject
 from audit.spec import SubjectSpec
 from tests.image_fakes import write_image_folder
 

@@ -1,4 +1,4 @@
-"""Tests of audit.loading: every source of a text-generator, the safety gates, the GGUF cache."""
+"""Tests of audit.subjects.loading: every source of a text-generator, the safety gates, the GGUF cache."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from audit import loading
+from audit.subjects import loading
 from audit.errors import InputError, SpecError
 from audit.findings import FileHash, SubjectIdentity
-from audit.loading import convert_gguf, load_subject, resolve_device, sha256_file
+from audit.subjects.loading import convert_gguf, load_subject, resolve_device, sha256_file
 from audit.spec import SubjectSpec
 from audit.subjects import HFTextGenerator, TextGenerator
 from tests.fakes import save_tiny_gguf, save_tiny_model, tiny_causal_lm, tiny_text_generator, tiny_tokenizer

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from audit.errors import InputError
-from audit.textdata import Document, read_documents
+from audit.subjects.textdata import Document, read_documents
 
 
 def test_jsonl_ids_meta_and_stripping(tmp_path):

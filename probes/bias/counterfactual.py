@@ -152,7 +152,7 @@ def build_scorer(kind: str, model: str | None, label: str | None, *, device: Any
                          "scored with the embedding-similarity proxy instead")
             model = None
     if kind in ("embedding", "auto"):
-        from audit.loading_encoder import HFSentenceEncoder
+        from audit.subjects.encoder import HFSentenceEncoder
 
         folder = Path(model) if model else minilm_folder()
         if not folder.is_dir():
@@ -163,7 +163,7 @@ def build_scorer(kind: str, model: str | None, label: str | None, *, device: Any
     if kind == "python":
         if not model:
             raise SpecError("scorer 'python' needs scorer_model: 'module:callable' returning a scorer")
-        from audit.loading import _import_callable
+        from audit.subjects.loading import _import_callable
 
         factory, _ = _import_callable(model, Path("."))
         scorer = factory()

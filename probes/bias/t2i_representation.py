@@ -159,7 +159,7 @@ class T2IRepresentation:
         """Images of prompts batch ``b`` in seed round ``s``."""
         import torch
 
-        from audit.loading_image import CallableImageGenerator
+        from audit.subjects.image import CallableImageGenerator
 
         bs = self.batch_size
         chunk = list(self.prompts[b * bs:(b + 1) * bs])
@@ -179,7 +179,7 @@ class T2IRepresentation:
     def _load_judge(self, ctx: ProbeContext) -> Any:
         from pathlib import Path
 
-        from audit.loading import load_subject
+        from audit.subjects.loading import load_subject
         from audit.spec import SubjectSpec
 
         try:

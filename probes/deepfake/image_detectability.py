@@ -55,7 +55,7 @@ from torch import nn
 
 from audit.errors import InputError, SpecError, require
 from audit.findings import Finding
-from audit.images import ImageReadLog, iter_image_batches, list_images
+from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_images
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.deepfake.metrics import (
@@ -492,7 +492,7 @@ class ImageDetectability:
             n = min(n, getattr(subject, "num_images", n))  # n: as many as the real images read
         prompts = getattr(subject, "prompts", None)
         if "prompts" in getattr(subject, "capabilities", ()) and prompts is None:
-            from audit.images import read_prompts
+            from audit.subjects.imagedata import read_prompts
 
             prompts = [r["prompt"] for r in read_prompts(ctx.input_path("prompts"))]
         mine = None
@@ -533,7 +533,7 @@ class ImageDetectability:
 
     # -- detectors -----------------------------------------------------------------------------
     def _load_detector(self, ctx: ProbeContext) -> Any:
-        from audit.loading import load_subject
+        from audit.subjects.loading import load_subject
         from audit.spec import SubjectSpec
 
         d = self.detector or {}

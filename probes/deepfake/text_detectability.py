@@ -39,7 +39,7 @@ import torch
 from audit.errors import InputError
 from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
-from audit.textdata import read_documents
+from audit.subjects.textdata import read_documents
 from probes.deepfake.metrics import (
     MIN_PER_CLASS,
     calibration_split,
@@ -376,7 +376,7 @@ def _sequences(model: Any, prompts: Sequence[str], continuations: Sequence[str])
 
 
 def _load(path: str, source: str, ctx: ProbeContext) -> Any:
-    from audit.loading import load_subject
+    from audit.subjects.loading import load_subject
     from audit.spec import SubjectSpec
 
     spec = SubjectSpec(kind="text-generator", source=source, path=path)

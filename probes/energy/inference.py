@@ -13,7 +13,7 @@ classifications). After warm-up calls it runs ``repeats`` metered windows, each 
 * ``latency_p50_s`` / ``latency_p95_s`` per call, ``throughput_<unit>_per_s``, and the peak
   memory of the device (CUDA) and of the host process.
 * ``emissions_g_co2e_per_<unit>`` when a country or a grid intensity is given
-  (:mod:`audit.emissions`; source, year and PUE in the finding's evidence).
+  (:mod:`audit.energy.emissions`; source, year and PUE in the finding's evidence).
 * with ``variants`` (dtypes), each measurement per variant plus a quality number, for an
   energy-versus-quality comparison: NLL per token (text), top-1 agreement with the subject
   as loaded (classifier), PSNR against the subject as loaded (image generator).
@@ -102,7 +102,7 @@ class InferenceEnergy:
     idle_s: float = field(default=1.0, metadata={"help": "idle window before the work, for the idle-subtracted energy (0: skip)"})
     cpu_estimate: bool = field(default=True, metadata={"help": "where RAPL is unreadable, add codecarbon's offline CPU estimate (labelled, never mixed with measurements)"})
     variants: tuple[str, ...] = field(default=(), metadata={"help": "dtypes to compare with the subject as loaded: float32, bfloat16, float16"})
-    country: str | None = field(default=None, metadata={"help": "ISO country code for the grid carbon intensity (offline table, audit.emissions)"})
+    country: str | None = field(default=None, metadata={"help": "ISO country code for the grid carbon intensity (offline table, audit.energy.emissions)"})
     grid_intensity_g_per_kwh: float | None = field(default=None, metadata={"help": "grid carbon intensity in gCO2e/kWh (wins over country)"})
     grid_source: str | None = field(default=None, metadata={"help": "where grid_intensity_g_per_kwh comes from (stated in the finding)"})
     pue: float = field(default=1.0, metadata={"help": "power usage effectiveness of the facility (1.0: devices only)"})
@@ -140,7 +140,7 @@ class InferenceEnergy:
         if not is_num(self.pue) or self.pue < 1:
             fail("pue", "a number >= 1 (facility energy over IT energy; 1.0 counts the devices only)")
         if self.country is not None:
-            from audit.emissions import grid_intensity
+            from audit.energy.emissions import grid_intensity
 
             try:
                 grid_intensity(self.country)
@@ -351,7 +351,7 @@ def _workload(probe: InferenceEnergy, subject: Any, op: str, ctx: ProbeContext, 
 def _texts(probe: InferenceEnergy, ctx: ProbeContext) -> list[str]:
     if probe.data is None:
         return list(_BUILTIN_PROMPTS)
-    from audit.textdata import read_documents
+    from audit.subjects.textdata import read_documents
 
     return [d.text for d in read_documents(ctx.input_path(probe.data))]
 
@@ -680,7 +680,7 @@ class _Results:
         p = self.probe
         if p.country is None and p.grid_intensity_g_per_kwh is None:
             return None
-        from audit.emissions import emissions_factor
+        from audit.energy.emissions import emissions_factor
 
         return emissions_factor(country=p.country, g_per_kwh=p.grid_intensity_g_per_kwh, source=p.grid_source,
                                 pue=p.pue)

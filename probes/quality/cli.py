@@ -56,7 +56,7 @@ def build(folder: Path, out: Path, feature: str, feature_options: tuple[str, ...
     preprocessing and n; quality.image_fidelity refuses it under any other settings.
     """
     from audit.errors import InputError
-    from audit.loading import resolve_device
+    from audit.subjects.loading import resolve_device
     from probes.quality.features import build_extractor
     from probes.quality.image_fidelity import reference_from_folder
     from probes.quality.stats_file import save_stats

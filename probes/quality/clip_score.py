@@ -22,7 +22,7 @@ import torch
 
 from audit.errors import InputError
 from audit.findings import Finding
-from audit.images import ImageReadLog, read_prompts
+from audit.subjects.imagedata import ImageReadLog, read_prompts
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci
 from probes.quality.features import clip_image_input, clip_preprocess, load_open_clip

@@ -117,7 +117,7 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from audit.loading import _check_safetensors
+        from audit.subjects.loading import _check_safetensors
         from safetensors.torch import load_file
 
         _check_safetensors(path)
@@ -208,7 +208,7 @@ def inception_extractor(weights: str | os.PathLike[str] | None = None, *, device
 
 
 def _import_factory(path: str) -> tuple[Any, str]:
-    from audit.loading import _import_callable
+    from audit.subjects.loading import _import_callable
 
     try:
         return _import_callable(path, Path("."))

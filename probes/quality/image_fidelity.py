@@ -33,7 +33,7 @@ import torch
 
 from audit.errors import InputError
 from audit.findings import Finding, Interval
-from audit.images import ImageReadLog, iter_image_batches, list_images
+from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_images
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.quality.features import FeatureExtractor, build_extractor
@@ -260,7 +260,7 @@ class ImageFidelity:
         prompts = getattr(subject, "prompts", None)
         if "prompts" in getattr(subject, "capabilities", ()) and prompts is None:
             # A text-to-image callable: prompts come from the data input `prompts`.
-            from audit.images import read_prompts
+            from audit.subjects.imagedata import read_prompts
 
             prompts = [r["prompt"] for r in read_prompts(ctx.input_path("prompts"))]
         if prompts is not None and not hasattr(subject, "read_log"):
@@ -402,7 +402,7 @@ def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: P
     """This rank's whole batches of the generated images, made as a single process makes them:
     a folder's files by position, a callable's batch ``i`` from ``seed + i``, a latent
     module's latents cut from the one stream the seed draws."""
-    from audit.loading_image import CallableImageGenerator, FolderImageGenerator, TorchImageGenerator
+    from audit.subjects.image import CallableImageGenerator, FolderImageGenerator, TorchImageGenerator
 
     seed = ctx.child_seed("generate")
     mine = ctx.dist.shard(n, block=bs)
@@ -420,7 +420,7 @@ def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: P
         first_batch = mine.start // bs
         if subject.text_to_image:
             if prompts is None:
-                from audit.images import read_prompts
+                from audit.subjects.imagedata import read_prompts
 
                 prompts = [r["prompt"] for r in read_prompts(ctx.input_path("prompts"))]
             prompts = list(prompts[:n])
@@ -460,7 +460,7 @@ def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: P
 def _torch_latent_shard(subject: Any, mine: range, seed: int, bs: int) -> Iterable[torch.Tensor]:
     """Images ``mine`` of a latent module: the latents a single process draws for them (the
     stream is drawn in the same chunks and cut), pushed through the module batch by batch."""
-    from audit.loading_image import _LATENT_CHUNK
+    from audit.subjects.image import _LATENT_CHUNK
 
     if not len(mine):
         return

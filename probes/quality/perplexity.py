@@ -22,7 +22,7 @@ import numpy as np
 from audit.findings import Finding, Interval
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ratio_ci
-from audit.textdata import read_documents
+from audit.subjects.textdata import read_documents
 from probes.quality.functional import bits_per_byte, corpus_perplexity, windowed_token_logprobs
 
 __all__ = ["Perplexity"]

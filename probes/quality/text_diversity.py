@@ -28,7 +28,7 @@ from audit.errors import InputError
 from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci
-from audit.textdata import read_documents
+from audit.subjects.textdata import read_documents
 from probes.quality.text_functional import distinct_n, self_bleu, tokenize
 
 __all__ = ["TextDiversity", "reference_scores"]

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.errors import InputError, SpecError
-from audit.loading_classifier import InputSpaceModel
+from audit.subjects.classifier import InputSpaceModel
 
 __all__ = [
     "AttackResult",

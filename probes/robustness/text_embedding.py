@@ -211,7 +211,7 @@ class TextEmbeddingAttack:
             return [Finding(probe=self.id, metric="attack_success_rate", value=math.nan, higher_is_better=False,
                             n=0, warnings=(reason,))]
         if self.data is not None:
-            from audit.textdata import read_documents
+            from audit.subjects.textdata import read_documents
 
             prompts = [d.text for d in read_documents(ctx.input_path(self.data))]
         else:

@@ -3,7 +3,7 @@
 A subject has a ``kind`` (text-generator, image-generator, classifier, encoder), the set of
 ``capabilities`` it offers (e.g. ``token_logprobs``), an ``identity`` recorded in the report,
 and the torch ``device`` it runs on. Loading from hub ids, folders, GGUF files and Python
-callables lives in :mod:`audit.loading`.
+callables lives in :mod:`audit.subjects.loading`.
 
 Example:
     >>> from tests.fakes import tiny_text_generator   # doctest: +SKIP

@@ -32,7 +32,7 @@ from typing import Any
 
 from audit.errors import InputError, SpecError
 from audit.findings import FileHash, SubjectIdentity
-from audit.images import ImageReadLog, iter_image_batches, list_images, read_prompts, to_uint8_nchw
+from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_images, read_prompts, to_uint8_nchw
 from audit.spec import SubjectSpec
 from audit.subjects import ImageGenerator
 
@@ -185,7 +185,7 @@ class CallableImageGenerator(ImageGenerator):
 
 def load_python_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, cache_dir: Path) -> ImageGenerator:
     """Loader for ``(image-generator, python)``."""
-    from audit.loading import _import_callable
+    from audit.subjects.loading import _import_callable
 
     options = dict(spec.options)
     text_to_image = options.pop("text_to_image", False)
@@ -246,7 +246,7 @@ def load_torch_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, c
     """Loader for ``(image-generator, torch)``."""
     import torch
 
-    from audit.loading import _import_callable, load_module_weights
+    from audit.subjects.loading import _import_callable, load_module_weights
 
     options = dict(spec.options)
     known = {"latent_shape", "weights", "output_range", "factory_kwargs"}

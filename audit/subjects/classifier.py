@@ -221,7 +221,7 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 # -- classifier from python ------------------------------------------------------------------------
 def _load_python_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Classifier:
-    from audit.loading import _import_callable, load_module_weights
+    from audit.subjects.loading import _import_callable, load_module_weights
 
     factory, attr = _import_callable(spec.path, base_dir)
     kwargs = {k: v for k, v in spec.options.items() if k not in (*_INPUT_OPTIONS, "weights")}
@@ -254,7 +254,7 @@ def _load_python_classifier(spec: SubjectSpec, base_dir: Path, device: torch.dev
 # -- classifier from torchscript -------------------------------------------------------------------
 def _load_torchscript_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device,
                                  cache_dir: Path) -> Classifier:
-    from audit.loading import sha256_file
+    from audit.subjects.loading import sha256_file
 
     unknown = sorted(set(spec.options) - set(_INPUT_OPTIONS))
     if unknown:
@@ -280,7 +280,7 @@ def _load_torchscript_classifier(spec: SubjectSpec, base_dir: Path, device: torc
 
 # -- classifier from transformers ------------------------------------------------------------------
 def _load_hf_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Classifier:
-    from audit.loading import _check_local_weights, _hash_files, _hub_snapshot, _local_path, _weight_files
+    from audit.subjects.loading import _check_local_weights, _hash_files, _hub_snapshot, _local_path, _weight_files
 
     require("transformers", extra="text", purpose="loading a transformers image classifier")
     from transformers import AutoImageProcessor, AutoModelForImageClassification

@@ -76,7 +76,7 @@ class HFSentenceEncoder(Encoder):
         """Load a sentence-transformers folder (transformers format, safetensors weights)."""
         from transformers import AutoModel, AutoTokenizer
 
-        from audit.loading import _check_local_weights, _hash_files
+        from audit.subjects.loading import _check_local_weights, _hash_files
 
         folder = Path(folder)
         weights = _check_local_weights(folder, allow_pickle=bool(spec and spec.allow_pickle))
@@ -254,10 +254,10 @@ class OpenClipEncoder(Encoder):
         self.model = None
 
 
-# -- loaders (registered in audit.loading._LOADERS) ------------------------------------------
+# -- loaders (registered in audit.subjects.loading._LOADERS) ------------------------------------------
 def load_hf_encoder(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Encoder:
     require("transformers", extra="text", purpose="loading a sentence encoder")
-    from audit.loading import _hub_snapshot, _local_path, _no_options
+    from audit.subjects.loading import _hub_snapshot, _local_path, _no_options
 
     _no_options(spec)
     local = _local_path(spec.path, base_dir)
@@ -275,7 +275,7 @@ def load_open_clip_encoder(spec: SubjectSpec, base_dir: Path, device: torch.devi
     """``path`` is an open_clip model name with ``options.pretrained`` (a weights file, or a
     tag such as ``openai`` that open_clip downloads when online), or ``local-dir:FOLDER``."""
     open_clip = require("open_clip", extra="image", purpose="loading an open_clip encoder")
-    from audit.loading import _check_safetensors, sha256_file
+    from audit.subjects.loading import _check_safetensors, sha256_file
 
     options = dict(spec.options)
     pretrained = options.pop("pretrained", None)
@@ -343,7 +343,7 @@ def _check_pickles(files: list[Path], spec: SubjectSpec, where: Path) -> None:
 
 def load_python_encoder(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Encoder:
     """``module:callable`` (or ``file.py:callable``) returning an :class:`Encoder`."""
-    from audit.loading import _describe, _import_callable
+    from audit.subjects.loading import _describe, _import_callable
 
     factory, attr = _import_callable(spec.path, base_dir)
     try:
