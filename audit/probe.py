@@ -101,6 +101,7 @@ class ProbeContext:
     world_size: int = 1
     probe_id: str = ""
     dist: Any = None
+    samples: Any = None  # an audit.samples.SampleBuffer, made on the first record_samples call
 
     def __post_init__(self) -> None:
         from audit.distributed import Distributed
@@ -122,6 +123,23 @@ class ProbeContext:
 
     def child_seed(self, purpose: str = "") -> int:
         return (self.seed * 1_000_003 + zlib.crc32(f"{self.probe_id}:{purpose}".encode())) % (2**63)
+
+    def record_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Keep per-sample records for ``DIR/samples.parquet`` (optional; see :mod:`audit.samples`).
+
+        Each row is a mapping with any of ``item``, ``metric``, ``score``, ``label``,
+        ``prediction``, ``fold``, ``seed``, ``slice`` (a mapping), ``text``, ``thumbnail``;
+        other keys go to the ``extra`` column as JSON. Bounded per probe; under torchrun only
+        rank 0's rows are written, so record rows after gathering them.
+
+        Raises:
+            ValueError: a malformed row (the message names the key).
+        """
+        from audit.samples import SampleBuffer
+
+        if self.samples is None:
+            self.samples = SampleBuffer(self.probe_id)
+        self.samples.add(rows)
 
     def input_path(self, name: str) -> Path:
         """The path of the named data input, or an :class:`InputError` saying how to give it."""

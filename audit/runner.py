@@ -318,6 +318,9 @@ def run_audit(
     timings: dict[str, float] = {}
     statuses: dict[str, ProbeStatus] = {}
     findings: list[Finding] = []
+    from audit import samples as sample_records
+
+    sample_buffers: list[Any] = []  # per-sample rows of the probes that recorded any (samples.parquet)
 
     def get_subject() -> Any:
         nonlocal subject, identity
@@ -350,6 +353,9 @@ def run_audit(
             if done is not None and done[0].status != "failed":
                 statuses[pid], got = done
                 findings.extend(got)
+                kept = sample_records.load_partial(out, pid) if main else None
+                if kept is not None:
+                    sample_buffers.append(kept)
                 say(f"[{i + 1}/{len(probes)}] {pid}: reused from the unfinished run ({done[0].status})")
                 continue
             params = jsonable(dataclasses.asdict(probe))
@@ -402,7 +408,11 @@ def run_audit(
                 )
                 say(f"[{i + 1}/{len(probes)}] {pid}: FAILED: {msg}")
             findings.extend(got)
+            rows = ctx.samples if error is None else None  # a crashed probe's rows describe nothing
+            if rows is not None and main:
+                sample_buffers.append(rows)
             if main:
+                sample_records.save_partial(out, pid, rows)
                 partial.save_probe(pid, phash, statuses[pid], got)
     finally:
         if subject is not None:
@@ -441,6 +451,12 @@ def run_audit(
         files = write_reports(report, out)
     except OSError as exc:
         raise InputError(f"cannot write the reports into {out}: {exc.strerror or exc}") from None
+    try:
+        samples_path = sample_records.write_samples(sample_buffers, out / sample_records.SAMPLES_FILE)
+        if samples_path is not None:
+            files["samples"] = samples_path
+    except (OSError, ImportError) as exc:  # the reports are written; per-sample rows are extra
+        say(f"warning: {sample_records.SAMPLES_FILE} was not written: {exc}")
     partial.clear()
     store_error = stored_in = None
     if use_store:

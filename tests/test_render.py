@@ -204,7 +204,8 @@ def test_html_nan_shows_as_na(page: str) -> None:
 
 
 def _html_row(page: str, needle: str) -> str:
-    rows = [r for r in re.findall(r"<tr\b.*?</tr>", page, re.S) if needle in r]
+    # Finding rows carry an id (the worst-slices tables link to them); other tables repeat slices.
+    rows = [r for r in re.findall(r"<tr id=.*?</tr>", page, re.S) if needle in r]
     assert len(rows) == 1, rows
     return rows[0]
 
