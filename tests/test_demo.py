@@ -106,7 +106,7 @@ def test_digits_generator_part(demo):
 
 def test_digits_robustness_part(demo):
     report = _report(demo, "digits-classifier-robustness-demo")
-    curve = report.finding("robustness.classifier/robust_accuracy_area[attack=pgd]").evidence["curve"]
+    curve = report.finding("robustness.classifier/robust_accuracy_area[attack=pgd]").evidence["points"]
     accs = [p["robust_accuracy"] for p in curve]
     assert accs == sorted(accs, reverse=True) and accs[0] > 0.9 and accs[-1] < 0.2
 

@@ -66,7 +66,7 @@ def test_classifier_probe_numbers_match_a_direct_computation(digits_file):
         accs.append(f.value)
     assert accs[0] > accs[1] > accs[2], "robust accuracy falls as eps grows"
     area = got["robustness.classifier/robust_accuracy_area[attack=pgd]"]
-    curve = [p["robust_accuracy"] for p in area.evidence["curve"]]
+    curve = [p["robust_accuracy"] for p in area.evidence["points"]]
     # Trapezoids by hand on the curve's points (0, 0.05, 0.1, 0.3).
     hand = (0.05 * (curve[0] + curve[1]) / 2 + 0.05 * (curve[1] + curve[2]) / 2 + 0.2 * (curve[2] + curve[3]) / 2) / 0.3
     assert area.value == pytest.approx(hand) and area.ci.low <= area.value <= area.ci.high
