@@ -164,7 +164,7 @@ def test_probe_auroc_equals_sklearn_on_the_same_folds_and_features(tmp_path):
     subject = generator_subject(shift=1.0)
     found, probe, ctx = run(subject, real, tmp_path, linear_probe_c=0.3)
     # The same images, features and folds, scored by scikit-learn's own cross-validation.
-    x_real, _ = probe._real_images(ctx, "RGB")
+    x_real, _, _ = probe._real_images(ctx, "RGB")
     x_fake, _ = probe._generated_images(subject, x_real.shape[0], "RGB", (16, 16), ctx)
     fx = build_extractor(FEATURE, {})
     feats = torch.cat([fx(x_real)[0], fx(x_fake)[0]]).double().numpy()
@@ -227,7 +227,7 @@ def test_postprocessing_reaches_both_classes_so_a_format_leak_gives_no_free_win(
     # Had only the real images been left alone (the transform on one class), the detector would win.
     from tests.deepfake_fakes import jpeg_detector
 
-    x_real, _ = probe._real_images(ctx, "RGB")
+    x_real, _, _ = probe._real_images(ctx, "RGB")
     x_fake, _ = probe._generated_images(subject, 40, "RGB", (16, 16), ctx)
     with torch.no_grad():
         net = jpeg_detector()
@@ -243,7 +243,7 @@ def test_the_threshold_is_fixed_on_the_calibration_split(tmp_path):
     subject = generator_subject(shift=0.5)
     found, probe, ctx = run(subject, real, tmp_path, feature=None, detector=detector("brightness_detector"))
     # Recompute by hand: the detector's scores, the calibration mask, Youden's threshold on it.
-    x_real, _ = probe._real_images(ctx, "RGB")
+    x_real, _, _ = probe._real_images(ctx, "RGB")
     x_fake, _ = probe._generated_images(subject, 40, "RGB", (16, 16), ctx)
     x = torch.cat([x_real, x_fake]).float() / 255
     scores = ((x.mean(dim=(1, 2, 3)) - 0.5) * 10).double().numpy()
@@ -305,7 +305,7 @@ def test_evasion_of_the_linear_probe_runs_through_the_feature_network(tmp_path):
     found, _, _ = run(generator_subject(shift=2.0), real, tmp_path, eps=["1/255", "16/255"], attack_steps=5,
                       attack_samples=30)
     det = found[key("detection_rate", postprocess=None)]
-    assert det.n == 30 and det.value > 0.8 and det.evidence["curve"][0]["label"] == "1/255"
+    assert det.n == 30 and det.value > 0.8 and det.evidence["points"][0]["label"] == "1/255"
     assert any("subset of 30" in w for w in det.warnings)
     small = found[key("evasion_rate", postprocess=None, eps="1/255")]
     big = found[key("evasion_rate", postprocess=None, eps="16/255")]
