@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 SAMPLES_FILE = "samples.parquet"
-MAX_ROWS_PER_PROBE = 20_000
+MAX_ROWS_PER_PROBE = 50_000
 MAX_TEXT_CHARS = 2_000
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("probe", "string"), ("sample", "int64"), ("item", "string"), ("metric", "string"), ("score", "double"),

@@ -49,10 +49,12 @@ _DRAWN_EVIDENCE = ("curve", "curves", "per_document", "values", "confusion_matri
 
 @dataclass(frozen=True)
 class Section:
-    """An extra part of one probe's section: a title and trusted HTML (escape what you insert)."""
+    """An extra part of one probe's section: a title and its HTML, inserted as is when it is a
+    ``markupsafe.Markup`` (build it with ``Markup(...).format(...)``, which escapes the values),
+    escaped like any other text when it is a plain ``str``."""
 
     title: str
-    html: Markup
+    html: Markup | str
 
 
 SectionHook = Callable[[str, list[Finding], AuditReport], list[Section]]
