@@ -27,6 +27,7 @@ PALETTE = ("#3867d6", "#e1701a", "#20a35a", "#c0392b", "#8e44ad", "#8c6d31", "#d
 _W = 640
 _FONT = 'font-family="system-ui, sans-serif" font-size="11"'
 _CHAR_PX = 6.2  # average width of an 11 px sans-serif character
+_WIDE_CHAR_PX = 7.0  # a generous width, for room that must not clip (labels right-aligned to the plot)
 
 
 def _num(x: float) -> str:
@@ -147,7 +148,7 @@ def line_chart(curves: Sequence[Mapping[str, Any]], *, title: str = "", x_label:
         y_lo, y_hi = min(y_lo, yt[0]), max(y_hi, yt[-1])
     names = [str(c.get("series") or f"series {i + 1}") for i, c in enumerate(curves)]
     legend_rows = _legend_rows(names) if len(curves) > 1 or curves[0].get("series") else []
-    left, right, top = 58.0, 14.0, 22.0
+    left, right, top = 58.0, 26.0, 22.0
     plot_h = 190.0
     bottom = top + plot_h
     h = bottom + 42 + 16 * len(legend_rows)
@@ -167,7 +168,9 @@ def line_chart(curves: Sequence[Mapping[str, Any]], *, title: str = "", x_label:
     for v, lab in xt:
         px = ax(v)
         body.append(f'<line x1="{_num(px)}" y1="{_num(bottom)}" x2="{_num(px)}" y2="{_num(bottom + 4)}" stroke="#888"/>')
-        body.append(_text(px, bottom + 15, lab, anchor="middle"))
+        # A tick label near the right edge ends there instead of running off the chart.
+        room = _W - px - _CHAR_PX * len(lab) / 2
+        body.append(_text(px if room > 2 else _W - 2, bottom + 15, lab, anchor="middle" if room > 2 else "end"))
     body.append(f'<line x1="{_num(left)}" y1="{_num(bottom)}" x2="{_num(_W - right)}" y2="{_num(bottom)}" stroke="#888"/>')
     body.append(_text((left + _W - right) / 2, bottom + 31, x_label, anchor="middle", extra=' fill="#555"'))
     body.append(_text(14, (top + bottom) / 2, y_label, anchor="middle",
@@ -272,9 +275,9 @@ def interval_panels(panels: Sequence[tuple[str, Sequence[tuple[str, float, float
         panels: ``(title, rows)`` with rows ``(label, value, low, high)``; NaN values are
             written as ``n/a`` instead of drawn; labels wrap onto up to three lines.
     """
-    wrapped = [[wrap_label(lab) for lab, *_ in rows] for _, rows in panels]
+    wrapped = [[wrap_label(lab, 36, max_lines=5) for lab, *_ in rows] for _, rows in panels]
     longest = max((len(line) for panel in wrapped for lines in panel for line in lines), default=8)
-    label_w = min(12 + _CHAR_PX * longest, _W * 0.45)
+    label_w = min(12 + _WIDE_CHAR_PX * longest, _W * 0.45)
     left, right = label_w + 8, 16.0
     body: list[str] = []
     y = 4.0
