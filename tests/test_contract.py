@@ -46,6 +46,10 @@ FAKES = {
     "bias.embedding_association": bias_fakes.embedding_association_inputs,
 }
 
+# Probes that record per-sample rows (ctx.record_samples, written to samples.parquet).
+RECORDS_SAMPLES = {"robustness.classifier", "robustness.text_embedding", "quality.text_diversity",
+                   "deepfake.text_detectability", "deepfake.image_detectability", "bias.counterfactual_generation"}
+
 BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))
 
 
@@ -78,3 +82,12 @@ def test_probe_contract(probe_id, tmp_path):
                          subject=SubjectIdentity(name="fake", kind=subject.kind, source="python"))
     text = report.to_json()
     assert AuditReport.from_json(text).to_json() == text
+    if probe_id in RECORDS_SAMPLES:
+        assert ctx.samples is not None and ctx.samples.rows, "this probe records its samples"
+    if ctx.samples is not None:
+        import pandas as pd
+
+        from audit.samples import write_samples
+
+        df = pd.read_parquet(write_samples([ctx.samples], tmp_path / "samples.parquet"))
+        assert len(df) == len(ctx.samples.rows) and set(df["probe"]) == {probe_id}

@@ -264,6 +264,10 @@ class CounterfactualGeneration:
         if bad.any():
             notes.append(f"{int(bad.sum())} completions could not be scored (nan) and are left out")
 
+        ctx.record_samples({"item": f"template{ti}/{term}/sample{si}", "metric": "score", "score": float(scores[i]),
+                            "slice": {"group": g}, "seed": ctx.child_seed(f"sample{si}-template{ti}") % (2**31),
+                            "text": completions[i], "prompt": prompt, "template": ti, "term": term}
+                           for i, (ti, g, term, si, prompt) in enumerate(rows))
         frame = pd.DataFrame(rows, columns=["template", "group", "term", "sample", "prompt"])
         ok = ~bad
         d = disaggregate(None, scores[ok], frame.loc[ok, "group"].rename("group"),

@@ -233,7 +233,15 @@ class TextDetectability:
 
         examples = [{"id": str(i), "prompt": p, "human": h, "generated": g} for i, p, h, g in pairs[:_EXAMPLES]]
         findings: list[Finding] = []
+        # The seed each kept generated continuation was sampled with (pairs keep the texts' order).
+        seeds = [ctx.child_seed(f"generate-{i}") for i, (h, g) in enumerate(zip(human_ids, gen_ids))
+                 if min(len(h), len(g)) >= self.min_continuation_tokens]
         for k, (name, values) in enumerate(scores.items()):
+            ctx.record_samples({"item": pairs[i % len(pairs)][0], "metric": name, "score": float(values[i]),
+                                "label": ("human", "generated")[labels[i]], "slice": {"score": name},
+                                "seed": seeds[i % len(pairs)] if labels[i] else None, "text": continuations[i],
+                                "split": "calibration" if calibration[i] else "test", "prompt": prompts_[i][:500]}
+                               for i in range(len(continuations)))
             warnings = list(notes)
             finite = np.isfinite(values)
             if not finite.all():

@@ -138,6 +138,9 @@ class TextDiversity:
                for i in ctx.progress(mine, total=len(mine), desc=f"{self.id}: prompts")]
         samples = ctx.dist.gather(own, mine)
         tokens = [[tokenize(s) for s in per] for per in samples]
+        ctx.record_samples({"item": d.id, "metric": "n_tokens", "score": len(tokens[i][j]), "text": text,
+                            "seed": ctx.child_seed(f"sample-{i}-{j}"), "round": j, "prompt": prompts[i][:500]}
+                           for i, d in enumerate(docs) for j, text in enumerate(samples[i]))
 
         notes: list[str] = []
         empty = sum(1 for per in tokens for t in per if not t)

@@ -254,5 +254,8 @@ class TextEmbeddingAttack:
                                unit="nats/token", ci=boot(change, f"change:{j}"), n=n, slice=s, warnings=warns,
                                evidence={"per_prompt": [round(float(c), 4) for c in change[:100]]}))
             curve.append({"radius": rel, "attack_success_rate": k / n, "target_loss": float(adv.mean())})
+            ctx.record_samples({"item": f"prompt {i}", "metric": "target_loss", "score": float(adv[i]), "slice": s,
+                                "text": prompts[i], "attack_success": bool(res["success"][j][i]),
+                                "clean_loss": float(clean[i])} for i in range(n))
         out[0] = replace(out[0], evidence={**out[0].evidence, "curve": curve, "steps": self.steps})
         return out
