@@ -47,7 +47,7 @@ FAKES = {
 }
 
 # Probes that record per-sample rows (ctx.record_samples, written to samples.parquet).
-RECORDS_SAMPLES = {"robustness.classifier", "robustness.text_embedding", "quality.text_diversity",
+RECORDS_SAMPLES = {"quality.perplexity", "robustness.classifier", "robustness.text_embedding", "quality.text_diversity",
                    "deepfake.text_detectability", "deepfake.image_detectability", "bias.counterfactual_generation"}
 
 BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))

@@ -431,7 +431,7 @@ def test_torchrun_end_to_end_through_the_cli_rank_0_alone_writes_and_stores(tmp_
     assert report.environment["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert r.stdout.count("Reports:") == 1, "rank 0 alone prints the scorecard"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "junit.xml", "report.html", "report.json", "report.md"]
+        "junit.xml", "report.html", "report.json", "report.md", "samples.parquet"]
     with ReportStore(f"sqlite:///{store}") as st:
         assert len(st.list_audits()) == 1, "rank 0 alone ingests"
     single = run_audit(load_spec(tmp_path / "audit.yaml"), out_dir=tmp_path / "single", use_store=False)
@@ -441,6 +441,12 @@ def test_torchrun_end_to_end_through_the_cli_rank_0_alone_writes_and_stores(tmp_
         g = by_key[f.key]
         assert f.n == g.n and math.isclose(f.value, g.value, rel_tol=1e-6)
         assert math.isclose(f.ci.low, g.ci.low, rel_tol=1e-6) and math.isclose(f.ci.high, g.ci.high, rel_tol=1e-6)
+    # Rank 0 writes every document's row once, as a single process does.
+    import pandas as pd
+
+    rows, one = pd.read_parquet(tmp_path / "out" / "samples.parquet"), pd.read_parquet(single.files["samples"])
+    assert rows["item"].tolist() == one["item"].tolist() == [d["id"] for d in docs]
+    assert rows["score"].tolist() == pytest.approx(one["score"].tolist(), rel=1e-6)
 
 
 def test_run_nproc_must_be_at_least_1(tmp_path, capsys):

@@ -146,6 +146,10 @@ class Perplexity:
                 nll_mine = nll_t.cpu().numpy()  # the one transfer to the host
             nll = np.asarray(ctx.dist.gather(nll_mine.tolist(), mine), dtype=np.float64)
 
+        ctx.record_samples({"item": d.id, "metric": "nll", "score": float(nll[i]), "tokens": int(tokens[i]),
+                            "bytes": int(n_bytes[i]), "slice": {self.slice_by: str(d.meta[self.slice_by])}
+                            if self.slice_by and d.meta.get(self.slice_by) is not None else {}}
+                           for i, d in enumerate(docs))
         group = _Group(self, ctx, nll, tokens, n_bytes, [d.id for d in docs])
         everything = np.ones(len(docs), dtype=bool)
         findings = group.findings(everything, {}, notes, metrics=("perplexity", "bits_per_byte", "nll_per_token"))
