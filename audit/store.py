@@ -74,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPORT_FILES = ("report.json", "report.html", "report.md", "junit.xml")
+REPORT_FILES = ("report.json", "report.html", "report.md", "junit.xml", "samples.parquet")  # samples: when a probe recorded any
 """The files of a report folder that :meth:`ReportStore.ingest` copies into the store."""
 
 _STATUSES = ("passed", "failed", "invalid", "crashed")

@@ -124,3 +124,14 @@ def test_numpy_and_torch_scalars_are_accepted():
     row = ctx.samples.rows[0]
     assert (row["score"], row["fold"], row["seed"], row["label"]) == (0.5, 2, 7, "1")
     assert json.loads(row["extra"]) == {"extra_array": [0, 1, 2]}
+
+
+def test_the_store_keeps_a_copy_the_dashboard_can_serve(tmp_path):
+    from audit.store import ReportStore
+
+    db = tmp_path / "store" / "audits.db"
+    res = run(make_spec(tmp_path, ["test.recorder"]), tmp_path / "out", store_url=f"sqlite:///{db}")
+    with ReportStore(f"sqlite:///{db}") as store:
+        copy = store.report_file(res.report.run_id, "samples.parquet")
+        assert copy is not None and copy != res.files["samples"]
+        assert pd.read_parquet(copy).equals(pd.read_parquet(res.files["samples"]))
