@@ -21,4 +21,6 @@ BUILTIN_PROBES: dict[str, str] = {
     "bias.t2i_representation": "probes.bias.t2i_representation:T2IRepresentation",
     "bias.embedding_association": "probes.bias.embedding_association:EmbeddingAssociation",
     "energy.inference": "probes.energy.inference:InferenceEnergy",
+    "privacy.image_replication": "probes.privacy.image_replication:ImageReplication",
+    "quality.visual_inspection": "probes.quality.visual_inspection:VisualInspection",
 }

@@ -19,6 +19,7 @@ from tests.fakes import tiny_text_generator
 from tests import test_text_detectability, test_text_diversity
 from tests import bias_fakes, deepfake_fakes, image_fakes
 from tests import robustness_support
+from tests import test_image_replication, test_visual_inspection
 
 
 def _perplexity_inputs(tmp_path):
@@ -44,6 +45,8 @@ FAKES = {
     "bias.counterfactual_generation": bias_fakes.counterfactual_inputs,
     "bias.t2i_representation": bias_fakes.t2i_inputs,
     "bias.embedding_association": bias_fakes.embedding_association_inputs,
+    "privacy.image_replication": test_image_replication.replication_contract_inputs,
+    "quality.visual_inspection": test_visual_inspection.visual_contract_inputs,
 }
 
 # Probes that record per-sample rows (ctx.record_samples, written to samples.parquet).

@@ -95,8 +95,12 @@ def write_reports(report: AuditReport, out_dir: str | os.PathLike[str]) -> dict[
     out = Path(out_dir)
     # Render everything before writing anything: a failing renderer must not leave a new
     # report.json next to last run's report.html.
+    from audit.render.gallery import images_from
+
+    with images_from(out):  # the probes' thumbnails are embedded from the report's folder
+        html = render_html(report)
     texts = {
-        "html": render_html(report),
+        "html": html,
         "markdown": render_markdown(report),
         "junit": render_junit(report),
     }

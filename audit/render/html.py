@@ -241,3 +241,5 @@ def _evidence_preview(evidence: Mapping[str, Any]) -> str:
     return text
 
 
+# The galleries of kept thumbnails and text samples (audit/render/gallery.py) register a section.
+from audit.render import gallery as _gallery  # noqa: E402,F401

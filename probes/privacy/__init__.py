@@ -1,0 +1,1 @@
+"""Privacy probes: does a generator give away its training data?"""
