@@ -221,6 +221,23 @@ def diff(a: Path, b: Path, markdown: bool) -> None:
         render_diff_table(changes, _console())
 
 
+@cli.command()
+@click.argument("report_path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the card here (e.g. MODEL_CARD.md) [default: print it].")
+def card(report_path: Path, out: Path | None) -> None:
+    """Write REPORT as the evaluation section of a Hugging Face model card (with model-index)."""
+    from audit.findings import AuditReport, atomic_write_text
+    from audit.render.card import render_card
+
+    text = render_card(AuditReport.load(report_path))
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(out, text)
+        _echo_err(f"model card written to {out}")
+
+
 @cli.command("probes")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_probes(as_json: bool) -> None:
@@ -260,7 +277,7 @@ def list_probes(as_json: bool) -> None:
 @_store_option
 def demo(out: Path, device: str | None, no_store: bool, only: tuple[str, ...], store_url: str | None) -> None:
     """Audit real small models from the offline bundles: every probe, end to end."""
-    from audit.demo import DEMO_PARTS, build_demo_specs
+    from audit.demo import DEMO_PARTS, build_demo_specs, write_model_card
     from audit.runner import default_cache_dir
 
     # Match --only against the parts' entries first, so unselected parts train nothing.
@@ -277,6 +294,7 @@ def demo(out: Path, device: str | None, no_store: bool, only: tuple[str, ...], s
         click.echo(f"== {spec.name}: spec in {folder / 'audit.yaml'} (copy it to audit your own model)")
         codes.append(_run_and_report(spec, folder, baseline=None, resume=False, store_url=store_url,
                                      no_store=no_store, device=device, quiet=False))
+        write_model_card(folder)
     click.echo("Open the HTML reports:")
     for spec, folder in specs:
         click.echo(f"  {(folder / 'report.html').resolve().as_uri()}")

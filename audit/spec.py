@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from audit.errors import SpecError
 from audit.probe import build_probe, did_you_mean
 
-__all__ = ["AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "load_spec", "parse_metric_ref"]
+__all__ = ["AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "load_spec", "parse_metric_ref", "spec_fingerprint"]
 
 SUBJECT_KINDS = ("text-generator", "image-generator", "classifier", "encoder")
 _METRIC_RE = re.compile(r"^(?P<probe>[\w.\-]+)/(?P<metric>[\w.\-]+)(?:\[(?P<slice>[^\]]+)\])?$")
@@ -178,11 +178,7 @@ class AuditSpec(_Frozen):
 
     def fingerprint(self) -> str:
         """A hash of what determines the results (not the name or the gates)."""
-        d = self.as_dict()
-        d.pop("gates", None)
-        d.pop("name", None)
-        d.get("settings", {}).pop("emissions", None)  # applied to the energy at the end, not to findings
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return spec_fingerprint(self.as_dict())
 
     def build_probes(self, *, source: str = "spec") -> list[Any]:
         return [build_probe(p.id, p.params, where=f"{source}: probes[{i}]") for i, p in enumerate(self.probes)]
@@ -317,3 +313,12 @@ def spec_from_dict(data: Any, *, source: str = "<spec>", base_dir: str | Path = 
     spec._base_dir = str(base_dir)
     spec.build_probes(source=source)  # each probe validates its own parameters
     return spec
+
+
+def spec_fingerprint(spec: dict[str, Any]) -> str:
+    """:meth:`AuditSpec.fingerprint` of a spec as a dict (e.g. ``report.spec``, the spec as run)."""
+    d = json.loads(json.dumps(spec, default=str))
+    d.pop("gates", None)
+    d.pop("name", None)
+    (d.get("settings") or {}).pop("emissions", None)  # applied to the energy at the end, not to findings
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

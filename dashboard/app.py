@@ -349,6 +349,13 @@ def _downloads(store: ReportStore, report: AuditReport) -> None:
             help=None if item.stored else "rendered from the stored report (no stored copy of this file)",
             on_click="ignore",
         )
+    # The evaluation section of a Hugging Face model card, rendered from the report on click.
+    from audit.render.card import render_card
+
+    st.download_button("Model card", data=lambda: render_card(report).encode("utf-8"),
+                       file_name=f"{stem}-{report.run_id[:8]}-MODEL_CARD.md", mime="text/markdown",
+                       key="download_model_card", icon=":material/download:", on_click="ignore",
+                       help="MODEL_CARD.md with model-index metadata (genai-audit card)")
 
 
 def compare_page(url: str, rows: list[StoredAudit]) -> None:

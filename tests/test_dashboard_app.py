@@ -193,7 +193,7 @@ def test_open_an_audit_from_the_list(demo_store):
     assert any("No chart for these findings" in c.value for c in at.caption)
     # Curve, per-eps bars, per-group bars, accuracy gap and energy values with intervals, energy by probe.
     assert _charts(at) == 6
-    assert [b.proto.label for b in at.get("download_button")] == ["HTML", "Markdown", "JSON", "JUnit XML"]
+    assert [b.proto.label for b in at.get("download_button")] == ["HTML", "Markdown", "JSON", "JUnit XML", "Model card"]
     energy = _frame(at, "energy_table").value
     assert list(energy["kind"]) == ["measured", "estimate", "unavailable", "not recorded"]
     assert math.isnan(energy["joules"].iloc[2])

@@ -22,7 +22,7 @@ from audit.errors import InputError
 from audit.findings import atomic_write_text
 from audit.spec import AuditSpec, load_spec
 
-__all__ = ["CORPUS", "DEMO_PARTS", "build_demo_specs", "bundle_dir"]
+__all__ = ["CORPUS", "DEMO_PARTS", "build_demo_specs", "bundle_dir", "write_model_card"]
 
 CORPUS = Path(__file__).parent / "data" / "heldout_en.jsonl"
 
@@ -66,3 +66,15 @@ def build_demo_specs(out_dir: Path, *, workdir: Path, parts: tuple[str, ...] = D
         atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         out.append((load_spec(path), folder))
     return out
+
+
+def write_model_card(folder: Path) -> Path | None:
+    """Write ``MODEL_CARD.md`` beside a demo audit's ``report.json`` (None when the audit wrote
+    no report, e.g. its spec was invalid)."""
+    from audit.findings import AuditReport
+    from audit.render.card import render_card
+
+    report = Path(folder) / "report.json"
+    if not report.is_file():
+        return None
+    return atomic_write_text(Path(folder) / "MODEL_CARD.md", render_card(AuditReport.load(report)))
