@@ -41,7 +41,7 @@ def demo(smollm2_conversion, tmp_path_factory):
 
 def _report(demo, name: str) -> AuditReport:
     folder = Path(demo["out"]) / name
-    for f in ("audit.yaml", "report.json", "report.html", "report.md", "junit.xml"):
+    for f in ("audit.yaml", "report.json", "report.html", "report.md", "junit.xml", "MODEL_CARD.md"):
         assert (folder / f).is_file(), f"{name}/{f}"
     report = AuditReport.load(folder / "report.json")
     assert all(p.status == "ok" for p in report.probes.values()), {k: p.error for k, p in report.probes.items()}
@@ -82,6 +82,11 @@ def test_smollm2_part(demo):
     for pid in ("quality.text_diversity", "deepfake.text_detectability", "bias.stereotype_pairs",
                 "bias.counterfactual_generation"):
         assert report.probes[pid].n_findings > 0, pid
+    # Sampled answers per prompt, as a table in the HTML report.
+    vis = report.finding("quality.visual_inspection/duplicate_rate")
+    assert vis.n == 8 and len(vis.evidence["samples"]) == 4
+    html = (Path(demo["out"]) / "smollm2-135m-instruct-demo" / "report.html").read_text(encoding="utf-8")
+    assert "Sampled generations" in html
 
 
 def test_digits_generator_part(demo):
@@ -102,6 +107,17 @@ def test_digits_generator_part(demo):
         assert report.finding(key.format("max_perturbation", f",eps={label}")).value <= eps + 1e-6
         assert 0 <= report.finding(key.format("evasion_rate", f",eps={label}")).value <= 1
     assert report.probes["energy.inference"].n_findings > 0
+    # Replication of the training digits, with the threshold calibrated on the held-out digits:
+    # measured 1.6% [1.0, 2.6] generated, 1.1% [0.5, 2.4] held-out real digits above it.
+    rep = report.finding("privacy.image_replication/replication_rate")
+    held = report.finding("privacy.image_replication/heldout_rate")
+    assert rep.n == 1000 and rep.evidence["n_train"] == 1258 and held.n == 539
+    assert rep.value < 0.05 and 0 < held.value < 0.05
+    # The contact sheet and the top pairs are embedded in the report, never linked.
+    html = (Path(demo["out"]) / "digits-cvae-demo" / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 24 + 12 + 2 * 6 and "not found" not in html
+    card = (Path(demo["out"]) / "digits-cvae-demo" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "privacy.image_replication/replication_rate" in card
 
 
 def test_digits_robustness_part(demo):

@@ -93,7 +93,7 @@ def test_replication_rate_against_numpy_brute_force(tmp_path):
     assert rate.value == pytest.approx(hits / len(gen))
     assert rate.ci == wilson_interval(hits, len(gen))
     assert p95.value == pytest.approx(np.quantile(ref_s, 0.95), abs=1e-5)
-    np.testing.assert_allclose(rate.evidence["values"], ref_s, atol=1e-4)
+    np.testing.assert_allclose(p95.evidence["values"], ref_s, atol=1e-4)
     q = rate.evidence["similarity_quantiles"]
     assert q["q50"] == pytest.approx(np.quantile(ref_s, 0.5), abs=1e-5) and q["q100"] == pytest.approx(1.0, abs=1e-5)
     # The unreadable training file is skipped and counted.
@@ -131,12 +131,37 @@ def test_calibrated_threshold_has_no_warning(tmp_path):
     assert "gallery" not in rate.evidence
 
 
+def test_threshold_calibrated_on_heldout_images(tmp_path):
+    subject, train, gen = _setup(tmp_path)
+    held = random_images(12, 16, seed=9)
+    _save(tmp_path / "held", held)
+    ctx = ProbeContext(device="cpu", seed=0, data={"train": tmp_path / "train", "held": tmp_path / "held"},
+                       cache_dir=tmp_path / "c", probe_id="privacy.image_replication")
+    probe = build_probe("privacy.image_replication", {"feature": "pixels", "feature_options": {"size": 16},
+                                                      "heldout": "held", "threshold_from_heldout": 0.75})
+    rate, _, held_rate = probe.run(subject, ctx)
+    h_s, _ = _brute_force(_pixel_features(held), _pixel_features(train))
+    g_s, _ = _brute_force(_pixel_features(gen), _pixel_features(train))
+    thr = np.quantile(h_s, 0.75)
+    assert rate.evidence["threshold"] == pytest.approx(thr, abs=1e-5)
+    assert rate.value == pytest.approx(np.mean(g_s > thr))
+    assert held_rate.metric == "heldout_rate" and held_rate.n == 12
+    assert held_rate.value == pytest.approx(np.mean(h_s > thr)) and held_rate.value == pytest.approx(3 / 12)
+    assert held_rate.ci == wilson_interval(3, 12)
+    assert not any("not on pixels" in w for w in rate.warnings)
+    assert any("quantile of the held-out" in w for w in rate.warnings)
+
+
 def test_bad_input(tmp_path):
     subject, *_ = _setup(tmp_path)
     with pytest.raises(SpecError, match="threshold must be a cosine similarity"):
         build_probe("privacy.image_replication", {"threshold": 1.5})
     with pytest.raises(SpecError, match="feature"):
         build_probe("privacy.image_replication", {"feature": "sift"})
+    with pytest.raises(SpecError, match="threshold_from_heldout must be null unless `heldout`"):
+        build_probe("privacy.image_replication", {"threshold_from_heldout": 0.99})
+    with pytest.raises(SpecError, match="quantile in"):
+        build_probe("privacy.image_replication", {"heldout": "h", "threshold_from_heldout": 1.0})
     probe = build_probe("privacy.image_replication", {"feature": "pixels"})
     f = tmp_path / "one.png"
     f.write_bytes(b"x")

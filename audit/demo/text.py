@@ -37,6 +37,10 @@ def smollm2_spec(workdir: Path) -> dict:
             {"id": "quality.text_diversity",
              "params": {"max_prompts": 5, "samples_per_prompt": 3, "max_new_tokens": 12, "bleu_max_n": 2,
                         "prompt_template": "Question: {prompt}\nAnswer:"}},
+            # What the answers look like: 2 sampled answers to each of 4 prompts, in the report.
+            {"id": "quality.visual_inspection",
+             "params": {"max_prompts": 4, "per_prompt": 2, "max_new_tokens": 20,
+                        "prompt_template": "Question: {prompt}\nAnswer:"}},
             # Zero-shot detectability of SmolLM2's continuations of 12 corpus texts (scored by itself).
             {"id": "deepfake.text_detectability",
              "params": {"max_documents": 12, "prompt_tokens": 24, "continuation_tokens": 12}},

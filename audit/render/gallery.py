@@ -49,14 +49,15 @@ _BASE_DIR: contextvars.ContextVar[Any] = contextvars.ContextVar("genai_audit_gal
 
 _STYLE = """<style>
 .ga-gallery h4 { margin: 14px 0 6px; font-size: 13.5px; }
-.ga-cols { display: flex; flex-wrap: wrap; gap: 18px; }
+.ga-cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 18px; }
 .ga-col > .ga-coltitle { font-size: 12px; color: #656d76; margin-bottom: 4px; }
-.ga-thumbs { display: flex; flex-wrap: wrap; gap: 4px; max-width: 560px; }
+.ga-thumbs { display: flex; flex-wrap: wrap; gap: 4px; }
 .ga-thumb, .ga-pair { margin: 0; padding: 2px; border: 1px solid #d0d7de; border-radius: 4px; background: #fff; }
 .ga-thumb img, .ga-pair img { display: block; image-rendering: pixelated; width: 64px; height: auto; }
 .ga-pair { display: inline-flex; flex-direction: column; margin: 0 6px 6px 0; }
 .ga-pair .ga-two { display: flex; gap: 2px; }
 .ga-gallery figcaption { font-size: 10.5px; color: #656d76; max-width: 132px; overflow-wrap: anywhere; }
+.ga-thumb figcaption { max-width: 64px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .ga-missing { width: 64px; height: 64px; display: flex; align-items: center; justify-content: center;
   font-size: 10px; color: #656d76; background: #f6f8fa; }
 </style>"""
@@ -152,8 +153,8 @@ def _img_html(im: GalleryImage) -> Markup:
         return Markup('<figure class="ga-thumb"><div class="ga-missing">not found</div>'
                       '<figcaption>{}</figcaption></figure>').format(cap)
     uri = "data:image/png;base64," + base64.b64encode(im.png).decode("ascii")
-    return Markup('<figure class="ga-thumb"><img src="{}" alt="{}"><figcaption>{}</figcaption></figure>').format(
-        uri, cap, cap)
+    return Markup('<figure class="ga-thumb" title="{}"><img src="{}" alt="{}"><figcaption>{}</figcaption>'
+                  '</figure>').format(cap, uri, cap, cap)
 
 
 def _section_html(sec: GallerySection) -> Markup:

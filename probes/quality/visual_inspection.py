@@ -148,7 +148,7 @@ class VisualInspection:
             sections.append({"title": "generated and real images", "columns": [
                 {"title": f"generated (seeded, first {len(shown)})", "images": [s for s in saved if s]}]})
 
-        real, real_log, real_names = self._real_images(ctx)
+        real, real_log, real_names = self._real_images(ctx, "L" if images[0].shape[0] == 1 else "RGB")
         if real:
             saved = [writer.save(img, f"real-{j:03d}", real_names[j]) for j, img in enumerate(real[: self.n_real])]
             column = {"title": f"real ({self.reference})", "images": [s for s in saved if s]}
@@ -189,7 +189,7 @@ class VisualInspection:
         """Each of the first ``max_prompts`` distinct prompts, ``per_prompt`` times."""
         return [p for p in list(dict.fromkeys(prompts))[: self.max_prompts] for _ in range(self.per_prompt)]
 
-    def _real_images(self, ctx: ProbeContext) -> tuple[list[Any], ImageReadLog, list[str]]:
+    def _real_images(self, ctx: ProbeContext, mode: str) -> tuple[list[Any], ImageReadLog, list[str]]:
         log = ImageReadLog()
         if self.reference not in ctx.data or (not self.n_real and not self.n_neighbours):
             return [], log, []
@@ -201,7 +201,7 @@ class VisualInspection:
         order = torch.randperm(len(paths), generator=ctx.rng("real"))[: self.max_reference].tolist()
         chosen = [paths[i] for i in order]
         imgs, names = [], []
-        for batch, idx in iter_image_batches(chosen, batch_size=128, log=log, with_index=True):
+        for batch, idx in iter_image_batches(chosen, batch_size=128, mode=mode, log=log, with_index=True):
             imgs.extend(batch)
             names.extend(chosen[i].name for i in idx)
         return imgs, log, names
