@@ -82,9 +82,7 @@ def test_smollm2_part(demo):
     for pid in ("quality.text_diversity", "deepfake.text_detectability", "bias.stereotype_pairs",
                 "bias.counterfactual_generation"):
         assert report.probes[pid].n_findings > 0, pid
-    # Sampled answers per prompt, as a table in the HTML report.
-    vis = report.finding("quality.visual_inspection/duplicate_rate")
-    assert vis.n == 8 and len(vis.evidence["samples"]) == 4
+    # Sampled answers per prompt (text_diversity's), as a table in the HTML report.
     html = (Path(demo["out"]) / "smollm2-135m-instruct-demo" / "report.html").read_text(encoding="utf-8")
     assert "Sampled generations" in html
 

@@ -131,6 +131,16 @@ def test_text_samples_table(tmp_path, vary, expected):
     assert "&lt;b&gt;Hi&lt;/b&gt;" in html and "<b>Hi" not in html
 
 
+def test_text_diversity_examples_are_shown_as_samples():
+    f = Finding(probe="quality.text_diversity", metric="self_bleu", value=0.2, higher_is_better=False,
+                evidence={"examples": [{"id": "a", "prompt": "Why?", "samples": ["Because.", "No idea"]}]})
+    (sec,) = read_galleries(AuditReport(name="t", subject=SubjectIdentity(name="m", kind="text-generator",
+                                                                          source="hf"), findings=(f,)), None)
+    assert sec.samples[0]["generations"] == ["Because.", "No idea"]
+    html = str(gallery_html([f], None))
+    assert "Sampled generations" in html and "<div>No idea</div>" in html
+
+
 def test_without_artefact_folder_no_gallery_but_a_note(tmp_path):
     subject = _folder(tmp_path / "gen", random_images(4, 16, seed=5))
     (f,) = build_probe(PID, {"n_generated": 4}).run(subject, _ctx(tmp_path, artefacts=False))

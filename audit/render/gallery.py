@@ -3,7 +3,9 @@
 Probes (``quality.visual_inspection``, ``privacy.image_replication``) save small PNG files
 under the run's folder (``OUT/artefacts/<probe id>/``) and describe them in a finding's
 ``evidence["gallery"]`` (see :mod:`probes.thumbnails` for the layout); text probes put
-sampled generations in ``evidence["samples"]`` (``[{"prompt", "generations": [...]}]``).
+sampled generations in ``evidence["samples"]`` (``[{"prompt", "generations": [...]}]``, as
+``quality.visual_inspection`` does) or ``evidence["examples"]`` (``[{"prompt", "samples":
+[...]}]``, as ``quality.text_diversity`` does).
 
 * :func:`gallery_html` renders one probe's galleries as an HTML fragment with every image
   embedded as a ``data:image/png;base64`` URI, so the page never links outside itself. It is
@@ -124,7 +126,11 @@ def _sections_of(f: Finding, base_dir: Any) -> list[GallerySection]:
                       for p in sec.get("pairs") or [] if isinstance(p, Mapping))
         out.append(GallerySection(probe=f.probe, title=str(sec.get("title", "")), columns=cols, pairs=pairs))
     samples = ev.get("samples")
-    if isinstance(samples, list) and samples:
+    if not isinstance(samples, list):  # quality.text_diversity's examples: {"prompt", "samples": [...]}
+        examples = ev.get("examples")
+        samples = [{"prompt": e.get("prompt", ""), "generations": e.get("samples")} for e in examples
+                   if isinstance(e, Mapping) and isinstance(e.get("samples"), list)] if isinstance(examples, list) else []
+    if samples:
         rows = tuple(s for s in samples[:_MAX_SAMPLE_ROWS] if isinstance(s, Mapping))
         out.append(GallerySection(probe=f.probe, title=f"sampled generations ({f.metric})", samples=rows))
     if out and note:
