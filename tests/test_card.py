@@ -70,6 +70,8 @@ def test_failed_skipped_and_nan_are_reported_as_not_measured():
     assert f"`{CRASHED_PROBE}`: failed" in section
     assert f"`{SKIPPED_PROBE}`: did not apply: {report.probes[SKIPPED_PROBE].reason}" in section.replace("\\", "")
     assert f"`{NAN_FINDING}`: no value" in section
+    # The families the audit left out (deepfake crashed: it measured nothing).
+    assert "no robustness, deepfake or privacy probe measured anything" in section
     # A NaN never reaches the model-index (its value must be a number).
     metrics = [m for r in model_index(report)[0]["results"] for m in r["metrics"]]
     assert all(math.isfinite(m["value"]) for m in metrics)

@@ -59,6 +59,7 @@ __all__ = ["MAX_MODEL_INDEX_METRICS", "model_index", "render_card"]
 MAX_MODEL_INDEX_METRICS = 300
 """Metrics written into ``model-index`` (the tables list every finding)."""
 
+_FAMILIES = ("quality", "bias", "robustness", "deepfake", "privacy", "energy")
 _TASKS = {"text-generator": "text-generation", "image-generator": "unconditional-image-generation",
           "classifier": "other", "encoder": "feature-extraction"}
 
@@ -199,9 +200,12 @@ def _not_measured(report: AuditReport) -> list[str]:
             why = "; ".join(f.warnings) or "no reason recorded"
             items.append(f"- {code_span(f.key)}: no value: {escape_cell(why)}")
     out += items or ["Every probe of the spec ran and every finding has a value."]
-    out += ["", "Only what the spec asked for was measured: a probe family absent from the tables above "
-            "(for example privacy, robustness or bias) was not part of this audit, which says nothing about "
-            "the model's behaviour there.", ""]
+    ran = {pid.split(".", 1)[0] for pid, p in report.probes.items() if p.status == "ok"}
+    absent = [f for f in _FAMILIES if f not in ran]
+    if absent:
+        names = absent[0] if len(absent) == 1 else ", ".join(absent[:-1]) + " or " + absent[-1]
+        out += ["", f"Only what the spec asked for was measured: no {names} probe measured anything in this "
+                "audit, which says nothing about the model's behaviour there.", ""]
     return out
 
 
