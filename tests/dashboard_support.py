@@ -29,12 +29,26 @@ from audit.stats import wilson_interval
 from audit.store import ReportStore, StoredAudit
 from tests.report_factory import HOSTILE, make_report, passing_report
 
-__all__ = ["CLASSIFIER", "GENERATOR", "UNKNOWN_PROBE", "classifier_report", "demo_reports", "fill_store", "many_reports"]
+__all__ = [
+    "CLASSIFIER",
+    "CONFUSION",
+    "GENERATOR",
+    "UNKNOWN_PROBE",
+    "classifier_report",
+    "demo_reports",
+    "fill_store",
+    "invalid_report",
+    "many_reports",
+    "set_stored_status",
+    "write_samples",
+]
 
 CLASSIFIER = "digits-cnn"
 GENERATOR = "tiny-dcgan"
 UNKNOWN_PROBE = "acme.watermark"
 EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+CONFUSION = {"labels": ["digit 0-4", "digit 5-9"], "matrix": [[172, 8], [14, 166]]}
+"""The confusion matrix the classifier audits record (rows: true class)."""
 
 
 def _rate(probe: str, metric: str, k: int, n: int, *, slice_: dict[str, str] | None = None, **kw) -> Finding:
@@ -59,14 +73,25 @@ def classifier_report(release: int, *, hostile: bool = False) -> AuditReport:
         "x_label": "eps (L∞)" + (HOSTILE if hostile else ""),
         "y_label": "robust accuracy",
     }
+    # The FGSM line of the same chart (a second attack), its Wilson bounds from the counts.
+    fgsm_k = [max(0, c - 20 * i) for i, c in enumerate(correct)]
+    fgsm = [wilson_interval(k, n) for k in fgsm_k]
+    fgsm_curve = {
+        "x": curve["x"], "y": [k / n for k in fgsm_k], "y_low": [ci.low for ci in fgsm],
+        "y_high": [ci.high for ci in fgsm], "x_label": curve["x_label"], "y_label": "robust accuracy",
+        "series": "fgsm",
+    }
+    curve["series"] = "pgd"
     auc = sum((EPS[i + 1] - EPS[i]) * (robust[i].value + robust[i + 1].value) / 2 for i in range(len(EPS) - 1))
     groups = {"digit 0-4": (172, 180), "digit 5-9": (166 - 2 * release, 180)}
     findings = (
         *robust,
-        Finding("robustness.pgd", "robust_accuracy_auc", auc / EPS[-1], True, n=n, evidence={"curve": curve}),
+        Finding("robustness.pgd", "robust_accuracy_auc", auc / EPS[-1], True, n=n,
+                evidence={"curve": curve, "curves": [fgsm_curve]}),
         *[_rate("bias.classifier", "accuracy", k, m, slice_={"group": g}) for g, (k, m) in groups.items()],
         Finding("bias.classifier", "accuracy_gap", groups["digit 0-4"][0] / 180 - groups["digit 5-9"][0] / 180,
-                False, ci=Interval(0.0, 0.09, "bootstrap-percentile-95"), n=360),
+                False, ci=Interval(0.0, 0.09, "bootstrap-percentile-95"), n=360,
+                evidence={"confusion_matrix": CONFUSION}),
         Finding("energy.inference", "energy_j_per_1k_samples", 3.1 + 0.2 * release, False, unit="J",
                 ci=Interval(2.9 + 0.2 * release, 3.3 + 0.2 * release, "bootstrap-percentile-95"), n=32),
         Finding(UNKNOWN_PROBE, "watermark_recall", 0.91, True, n=64, slice={"codec": "jpeg-75"},
@@ -144,9 +169,12 @@ def demo_reports(*, hostile: bool = False) -> list[AuditReport]:
     ]
 
 
-def fill_store(store: ReportStore, reports: Sequence[AuditReport], *, files_in: Path | None) -> list[StoredAudit]:
+def fill_store(
+    store: ReportStore, reports: Sequence[AuditReport], *, files_in: Path | None, samples: bool = False
+) -> list[StoredAudit]:
     """Ingest ``reports``; with ``files_in``, write each one's report files there first and
-    ingest them too (the store copies them into its report folder)."""
+    ingest them too (the store copies them into its report folder), with ``samples`` a
+    ``samples.parquet`` (:func:`write_samples`) as well."""
     out = []
     for report in reports:
         folder = None
@@ -155,6 +183,8 @@ def fill_store(store: ReportStore, reports: Sequence[AuditReport], *, files_in: 
 
             folder = files_in / report.run_id
             write_reports(report, folder)
+            if samples:
+                write_samples(folder, report)
         out.append(store.ingest(report, report_dir=folder))
     return out
 
@@ -189,3 +219,42 @@ def many_reports(n: int, *, models: int = 10, seed: int = 0) -> list[AuditReport
             created_at=(start + dt.timedelta(days=i)).isoformat(timespec="seconds"),
         ))
     return out
+
+
+def invalid_report() -> AuditReport:
+    """:func:`make_report` whose failed probe failed on invalid input: status ``invalid``."""
+    base = make_report()
+    probes = {k: (replace(v, error_kind="input", error="InputError: texts.txt holds no line")
+                  if v.status == "failed" else v) for k, v in base.probes.items()}  # fmt: skip
+    return replace(base, name="smollm2-bad-input", probes=probes, run_id="invalid" + "0" * 25,
+                   created_at="2025-11-21T10:00:00+00:00")  # fmt: skip
+
+
+def set_stored_status(db: Path, run_id: str, status: str) -> None:
+    """Give a stored audit a status (as a newer genai-audit might write one), in the SQLite file."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        done = conn.execute("UPDATE audits SET status = ? WHERE run_id = ?", (status, run_id))
+        if done.rowcount != 1:
+            raise LookupError(f"no stored audit {run_id}")
+
+
+def write_samples(folder: Path, report: AuditReport) -> Path:
+    """A ``samples.parquet`` for a classifier audit: one record per sample and eps (correct or
+    not, its label, score, seed and fold), as many as each robust-accuracy finding counted."""
+    import pandas as pd
+
+    rows = []
+    for f in report.findings:
+        if f.metric != "robust_accuracy" or f.n is None:
+            continue
+        k = round(f.value * f.n)
+        for i in range(f.n):
+            rows.append({"probe": f.probe, "metric": f.metric, "eps": f.slice["eps"], "sample_id": f"img-{i:04d}",
+                         "label": i % 10, "correct": i < k, "score": round(1.0 - i / f.n, 4), "seed": 1234,
+                         "fold": i % 5})  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "samples.parquet"
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
