@@ -3,8 +3,8 @@
 Builds a SQLite store of N realistic audits (``tests/report_factory.py``'s report with values
 drawn at random, 10 models, one audit a day), then times:
 
-1. the data layer: opening the store, reading every summary, filtering, counting and building
-   the first page of the list (the Markdown table the app draws);
+1. the data layer: opening the store, reading every summary, filtering, counting, sorting and
+   building the first page of the list (the records the run table draws);
 2. the app script (Streamlit's AppTest, in-process): the list view, first run and later runs;
 3. a real browser (headless Debian chromium through Playwright, when /usr/bin/chromium exists):
    from navigation to the list on screen (the count of audits, and every row of the list's
@@ -45,7 +45,11 @@ FLAGS = [
 # intervals, up to a second apart, which would add its own delay to the timing).
 _LIST_SHOWN = """([n, rows, newest]) => {
     const counts = document.querySelector(".st-key-audit_counts [data-testid=stMarkdown]");
-    const trs = document.querySelectorAll(".st-key-audit_list [data-testid=stMarkdown] table tbody tr");
+    // The run table lives in its component's shadow root.
+    const host = document.querySelector(".st-key-audit_list");
+    const roots = host === null ? [] : [host, ...Array.from(host.querySelectorAll("*"))
+        .filter(e => e.shadowRoot).map(e => e.shadowRoot)];
+    const trs = roots.flatMap(r => Array.from(r.querySelectorAll("tbody tr")));
     return counts !== null && counts.textContent.trim().startsWith(`${n} audit${n === 1 ? "" : "s"}:`)
         && counts.getBoundingClientRect().height > 0
         && trs.length === rows && trs[0].cells[1].textContent.trim() === newest
@@ -83,7 +87,8 @@ def bench_data(url: str, repeats: int) -> list[float]:
             rows = data.all_audits(store)
             shown = data.filter_audits(rows)
             data.status_counts(shown)
-            data.audits_markdown(shown[: data.LIST_PAGE_ROWS])
+            ordered = data.sort_audits(shown, "created", descending=True)
+            data.list_records(ordered[: data.LIST_PAGE_ROWS])
         times.append(time.perf_counter() - start)
     return times
 
@@ -104,9 +109,11 @@ def bench_apptest(url: str, n: int, repeats: int) -> tuple[float, list[float]]:
         at.run()
         runs.append(time.perf_counter() - start)
         assert not at.exception, [e.value for e in at.exception]
-        table = next(m.value for m in at.markdown if m.value.startswith("| created (UTC)"))
+        import json
+
+        (table,) = at.get("bidi_component")
         assert any(m.value.startswith(f"**{n}** audits:") for m in at.markdown)
-        assert table.count("\n") - 1 == min(n, data.LIST_PAGE_ROWS), table
+        assert len(json.loads(table.proto.json)["rows"]) == min(n, data.LIST_PAGE_ROWS)
     return runs[0], runs[1:]
 
 
@@ -174,7 +181,7 @@ def main() -> None:
         url, ingest_s = build_store(folder, args.audits)
         print(f"store: {args.audits} audits ingested in {ingest_s:.1f} s "
               f"({(folder / 'audits.db').stat().st_size / 1e6:.1f} MB)")  # fmt: skip
-        print(f"data layer (open store, read {args.audits} summaries, filter, count, first page as Markdown): "
+        print(f"data layer (open store, read {args.audits} summaries, filter, count, sort, first page as records): "
               f"{_fmt(bench_data(url, args.repeats))}")
         first, warm = bench_apptest(url, args.audits, args.repeats)
         print(f"app script, list view (AppTest): first run {first:.3f} s; later runs {_fmt(warm)}")

@@ -319,6 +319,19 @@ def report_bytes(store: ReportStore, run_id: str, name: str) -> bytes:
     return render_junit(report).encode("utf-8")
 
 
+def _slice_matches(raw: object, want: Mapping[str, str]) -> bool:
+    """Whether a record's ``slice`` (JSON text) agrees with ``want`` on every key it has."""
+    import json
+
+    try:
+        got = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return True  # not JSON: the column says nothing about the slice
+    if not isinstance(got, dict):
+        return True
+    return all(str(got[k]) == v for k, v in want.items() if k in got)
+
+
 SAMPLES_FILE = "samples.parquet"
 # The columns of samples.parquet the drill-down reads to pick a finding's records; every
 # other column is shown as it is.
@@ -330,8 +343,8 @@ def samples_frame(store: ReportStore, run_id: str, f: Finding, *, limit: int = S
     store's folder (None when the store holds no such file).
 
     Records are those of ``f``'s probe (and of its metric, where the file has a ``metric``
-    column with that metric; and of its slice, where the file has a column named after each
-    slice key), at most ``limit`` of them.
+    column with that metric; and of its slice, where the file has a ``slice`` column of JSON
+    objects or a column named after each slice key), at most ``limit`` of them.
 
     Raises:
         InputError: the file is there but cannot be read as Parquet.
@@ -351,5 +364,7 @@ def samples_frame(store: ReportStore, run_id: str, f: Finding, *, limit: int = S
     for k, v in f.slice.items():
         if k in frame:
             keep &= frame[k].astype(str) == v
+    if f.slice and "slice" in frame:
+        keep &= frame["slice"].map(lambda raw: _slice_matches(raw, f.slice))
     picked = frame[keep]
     return picked.drop(columns=[c for c in _SAMPLE_MATCH if c in picked]).head(limit).reset_index(drop=True)

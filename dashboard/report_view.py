@@ -9,10 +9,11 @@ Evidence read here (all optional, per finding):
 * ``evidence["curve"]`` (one line) or ``evidence["curves"]`` (a list of lines): ``x``
   (numbers, or names such as post-processing steps), ``y``, optional ``y_low``/``y_high``
   (pointwise bounds, e.g. Wilson), ``x_label``, ``y_label``, ``x_scale`` (``log``) and
-  ``series`` (or ``label``/``name``: the line's name, e.g. the attack). Lines of one probe
-  that share their axis labels are drawn in one chart, one colour per series.
-* ``evidence["confusion_matrix"]``: ``{"labels": [...], "matrix": [[...]]}`` (rows: true
-  class, columns: predicted; ``counts`` is accepted for ``matrix``, ``classes`` for
+  ``series`` (or ``label``/``name``: the line's name, e.g. the attack), ``chart`` (lines with
+  the same ``chart`` id are one chart; without one, lines that share their axis labels are)
+  and ``x_ticks`` (names for the x positions, e.g. post-processing steps).
+* ``evidence["confusion_matrix"]``: ``{"labels": [...], "counts": [[...]]}`` (rows: true
+  class, columns: predicted; ``matrix`` is accepted for ``counts``, ``classes`` for
   ``labels``).
 
 Example:
@@ -216,6 +217,7 @@ class Curve:
 
     key: str
     series: str
+    chart: str
     x: tuple[Any, ...]
     y: tuple[float, ...]
     x_label: str
@@ -256,6 +258,9 @@ def _curve(f: Finding, raw: Any, index: int) -> Curve | None:
     y = _numbers(raw.get("y"))
     x: tuple[Any, ...] | None = _numbers(raw.get("x"))
     kind = "numbers"
+    ticks = _names(raw.get("x_ticks"))
+    if x is not None and ticks is not None and len(ticks) == len(x) and any(not _is_number_text(t) for t in ticks):
+        x, kind = ticks, "names"  # e.g. post-processing steps at x = 0, 1, 2
     if x is None:
         x, kind = _names(raw.get("x")), "names"
     if x is None or y is None or len(x) != len(y):
@@ -267,8 +272,10 @@ def _curve(f: Finding, raw: Any, index: int) -> Curve | None:
     series = next((raw[k] for k in ("series", "label", "name") if isinstance(raw.get(k), (str, int, float))), None)
     if series is None:
         series = f.metric + (f" [{slice_label(f)}]" if f.slice else "") + (f" #{index + 1}" if index else "")
+    chart = raw.get("chart")
     return Curve(
         key=f.key, series=clean_text(series), x=x, y=y,
+        chart=clean_text(chart) if isinstance(chart, (str, int)) and not isinstance(chart, bool) else "",
         x_label=clean_text(raw.get("x_label", "x")) or "x",
         y_label=clean_text(raw.get("y_label", f.metric)) or f.metric,
         x_scale="log" if log else "linear", x_kind=kind, low=low, high=high,
@@ -286,14 +293,24 @@ def curves_of(f: Finding) -> list[Curve]:
     return [c for c in out if c is not None]
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _curve_sets(curves: Sequence[Curve]) -> tuple[CurveSet, ...]:
-    by_axes: dict[tuple[str, str, str], list[Curve]] = {}
+    # Curves that name the same ``chart`` are one chart; without a name, those that share axes.
+    by_chart: dict[tuple[str, ...], list[Curve]] = {}
     for c in curves:
-        by_axes.setdefault((c.x_label, c.y_label, c.x_kind), []).append(c)
+        key = ("chart", c.chart, c.x_kind) if c.chart else ("axes", c.x_label, c.y_label, c.x_kind)
+        by_chart.setdefault(key, []).append(c)
     sets = []
-    for (xl, yl, kind), cs in by_axes.items():
+    for cs in by_chart.values():
         scale = "log" if all(c.x_scale == "log" for c in cs) else "linear"
-        sets.append(CurveSet(xl, yl, scale, kind, tuple(cs)))
+        sets.append(CurveSet(cs[0].x_label, cs[0].y_label, scale, cs[0].x_kind, tuple(cs)))
     return tuple(sets)
 
 
@@ -321,7 +338,7 @@ def confusion_of(f: Finding) -> ConfusionMatrix | None:
     raw = f.evidence.get("confusion_matrix") if isinstance(f.evidence, Mapping) else None
     if not isinstance(raw, Mapping):
         return None
-    matrix = raw.get("matrix", raw.get("counts"))
+    matrix = raw.get("counts", raw.get("matrix"))
     if not isinstance(matrix, Sequence) or isinstance(matrix, (str, bytes)) or not matrix:
         return None
     rows = [_numbers(r) for r in matrix]

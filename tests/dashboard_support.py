@@ -47,7 +47,8 @@ CLASSIFIER = "digits-cnn"
 GENERATOR = "tiny-dcgan"
 UNKNOWN_PROBE = "acme.watermark"
 EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
-CONFUSION = {"labels": ["digit 0-4", "digit 5-9"], "matrix": [[172, 8], [14, 166]]}
+CONFUSION = {"labels": ["digit 0-4", "digit 5-9"], "counts": [[172, 8], [14, 166]], "rows": "true",
+             "columns": "predicted"}
 """The confusion matrix the classifier audits record (rows: true class)."""
 
 
@@ -243,6 +244,8 @@ def set_stored_status(db: Path, run_id: str, status: str) -> None:
 def write_samples(folder: Path, report: AuditReport) -> Path:
     """A ``samples.parquet`` for a classifier audit: one record per sample and eps (correct or
     not, its label, score, seed and fold), as many as each robust-accuracy finding counted."""
+    import json
+
     import pandas as pd
 
     rows = []
@@ -251,7 +254,8 @@ def write_samples(folder: Path, report: AuditReport) -> Path:
             continue
         k = round(f.value * f.n)
         for i in range(f.n):
-            rows.append({"probe": f.probe, "metric": f.metric, "eps": f.slice["eps"], "sample_id": f"img-{i:04d}",
+            rows.append({"probe": f.probe, "metric": f.metric, "eps": f.slice["eps"], "slice": json.dumps(dict(f.slice)),
+                         "sample_id": f"img-{i:04d}",
                          "label": i % 10, "correct": i < k, "score": round(1.0 - i / f.n, 4), "seed": 1234,
                          "fold": i % 5})  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)

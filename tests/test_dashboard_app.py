@@ -547,6 +547,12 @@ def test_probe_sections_find_curves_matrices_groups_and_values():
         "curves": [{"x": [0, 0.01, 0.03], "y": [0.8, 0.5, 0.2], "y_low": [0.7, 0.4, 0.1], "y_high": [0.9, 0.6, 0.3],
                     "series": "fgsm", "x_label": "eps"}, {"x": "bad"}]})  # fmt: skip
     f_bad = Finding("robustness.pgd", "other", 0.4, True, evidence={"curve": {"x": [1, 2], "y": [1]}})
+    # The probes' format (audit/curves.py): a chart id joins curves whatever their labels; x_ticks name x.
+    f_chart = Finding("deepfake.y", "auroc", 0.9, True, evidence={"curves": [
+        {"x": [0, 1], "y": [0.9, 0.8], "x_ticks": ["none", "jpeg-75"], "series": "d1", "chart": "steps",
+         "x_label": "step"},
+        {"x": [0, 1], "y": [0.7, 0.6], "x_ticks": ["none", "jpeg-75"], "series": "d2", "chart": "steps",
+         "x_label": "post-processing"}]})  # fmt: skip
     f_steps = Finding("deepfake.x", "auroc", 0.9, True, evidence={
         "curve": {"x": ["none", "jpeg-75", "resize-0.5"], "y": [0.99, 0.9, 0.7], "x_label": "post-processing"}})
     f_matrix = Finding("bias.c", "accuracy", 0.9, True, evidence={"confusion_matrix": CONFUSION})
@@ -557,7 +563,7 @@ def test_probe_sections_find_curves_matrices_groups_and_values():
     nan = Finding("quality.fid", "fid_nan", math.nan, False, ci=Interval(0, 1, "m"))
     report = AuditReport(
         name="r", subject=SubjectIdentity("m", "classifier", "python"),
-        findings=(f_curve, f_bad, f_steps, f_matrix, f_bad_matrix, *groups, fid, nan),
+        findings=(f_curve, f_bad, f_steps, f_chart, f_matrix, f_bad_matrix, *groups, fid, nan),
         probes={"quality.fid": ProbeStatus("ok"), "robustness.pgd": ProbeStatus("ok"), "bias.x": ProbeStatus("ok")},
     )  # fmt: skip
     sections = {s.probe: s for s in rv.probe_sections(report)}
@@ -570,6 +576,8 @@ def test_probe_sections_find_curves_matrices_groups_and_values():
     assert list(curves.frame()["series"]) == ["pgd"] * 3 + ["fgsm"] * 3
     (steps,) = sections["deepfake.x"].curves
     assert steps.x_kind == "names" and steps.curves[0].x == ("none", "jpeg-75", "resize-0.5")
+    (chart,) = sections["deepfake.y"].curves
+    assert [c.series for c in chart.curves] == ["d1", "d2"] and chart.curves[1].x == ("none", "jpeg-75")
     (matrix,) = sections["bias.c"].matrices
     assert matrix.labels == ("digit 0-4", "digit 5-9")
     cm = matrix.frame().set_index(["true", "predicted"])
