@@ -391,9 +391,12 @@ def test_compare_several_runs_then_failures(server, page, artefacts):
     page.get_by_role("heading", name="Probe failures").wait_for()
     assert CRASHED_PROBE in _cells(page, until=lambda c: CRASHED_PROBE in c)
     # Every "Open scorecard" opens, the invalid audit's too (it used to crash the scorecard).
-    page.get_by_test_id("stExpander").filter(has_text="smollm2-bad-input").click()
-    page.get_by_test_id("stExpander").filter(has_text="smollm2-bad-input").get_by_role(
-        "button", name="Open scorecard").click()
+    expander = page.get_by_test_id("stExpander").filter(has_text="smollm2-bad-input")
+    expander.get_by_text("smollm2-bad-input").click()
+    button = expander.get_by_role("button", name="Open scorecard")
+    expect(button).to_be_visible()
+    button.click()
+    page.get_by_role("heading", name="smollm2-bad-input", exact=True).wait_for()
     expect(_banner(page)).to_contain_text("INVALID: ")
     assert page.get_by_test_id("stException").count() == 0
     _no_script_ran(page)
