@@ -81,7 +81,7 @@ class Partial:
 def inputs_digest(spec: AuditSpec) -> dict[str, str]:
     """sha256 of each data input (a folder: of its files' names and contents), so that a
     resumed run can refuse inputs that changed since it was interrupted."""
-    from audit.subjects.loading import sha256_file
+    from audit.subjects.files import sha256_file
 
     out: dict[str, str] = {}
     for name, path in sorted(spec.data_paths().items()):

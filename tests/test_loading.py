@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from audit.subjects import loading
+from audit.subjects import text as text_loaders
 from audit.errors import InputError, SpecError
 from audit.findings import FileHash, SubjectIdentity
 from audit.subjects.loading import convert_gguf, load_subject, resolve_device, sha256_file
@@ -239,8 +240,8 @@ def test_gguf_converts_once_then_loads_the_cache(tmp_path, monkeypatch, referenc
     digest = hashlib.sha256(gguf_file.read_bytes()).hexdigest()
 
     calls: list[Path] = []
-    real = loading._convert_gguf_into
-    monkeypatch.setattr(loading, "_convert_gguf_into", lambda src, out: (calls.append(src), real(src, out)))
+    real = text_loaders._convert_gguf_into
+    monkeypatch.setattr(text_loaders, "_convert_gguf_into", lambda src, out: (calls.append(src), real(src, out)))
 
     first = _load(_spec("gguf", "tiny.gguf"), tmp_path)
     second = _load(_spec("gguf", "tiny.gguf"), tmp_path)
@@ -270,7 +271,7 @@ def test_gguf_failed_conversion_leaves_no_folder_that_is_used(tmp_path, monkeypa
         (out / "model.safetensors").write_bytes(b"half a file")
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of writing
 
-    monkeypatch.setattr(loading, "_convert_gguf_into", crash)
+    monkeypatch.setattr(text_loaders, "_convert_gguf_into", crash)
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(gguf_file, tmp_path / "cache")
     assert list(root.iterdir()) == []
@@ -282,28 +283,28 @@ def test_gguf_failed_conversion_leaves_no_folder_that_is_used(tmp_path, monkeypa
     (root / f".{final.name}.999.dead.tmp").mkdir()  # a crashed conversion's leftover is ignored
     monkeypatch.undo()
     assert convert_gguf(gguf_file, tmp_path / "cache") == final
-    assert loading._gguf_cache_complete(final, sha256_file(gguf_file))
+    assert text_loaders._gguf_cache_complete(final, sha256_file(gguf_file))
 
     # A cached file that changed size (truncated on disk) also triggers a rebuild.
     weights = final / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    assert not loading._gguf_cache_complete(final, sha256_file(gguf_file))
+    assert not text_loaders._gguf_cache_complete(final, sha256_file(gguf_file))
     convert_gguf(gguf_file, tmp_path / "cache")
-    assert loading._gguf_cache_complete(final, sha256_file(gguf_file))
+    assert text_loaders._gguf_cache_complete(final, sha256_file(gguf_file))
 
 
 def test_gguf_concurrent_conversion_uses_the_winners_folder(tmp_path, monkeypatch):
     gguf_file = save_tiny_gguf(tmp_path / "tiny.gguf")
-    real = loading._convert_gguf_into
+    real = text_loaders._convert_gguf_into
 
     def racing(src, out):
-        monkeypatch.setattr(loading, "_convert_gguf_into", real)
+        monkeypatch.setattr(text_loaders, "_convert_gguf_into", real)
         convert_gguf(src, tmp_path / "cache")  # another process finishes first
         real(src, out)
 
-    monkeypatch.setattr(loading, "_convert_gguf_into", racing)
+    monkeypatch.setattr(text_loaders, "_convert_gguf_into", racing)
     folder = convert_gguf(gguf_file, tmp_path / "cache")
-    assert loading._gguf_cache_complete(folder, sha256_file(gguf_file))
+    assert text_loaders._gguf_cache_complete(folder, sha256_file(gguf_file))
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 
 
@@ -343,7 +344,7 @@ def test_smollm2_gguf_converts_once_and_the_cache_is_fast(smollm2_conversion, mo
     def no_conversion(src, out):
         raise AssertionError("the cached folder should have been used")
 
-    monkeypatch.setattr(loading, "_convert_gguf_into", no_conversion)
+    monkeypatch.setattr(text_loaders, "_convert_gguf_into", no_conversion)
     start = time.perf_counter()
     second = load_subject(_spec("gguf", str(smollm2_gguf())), device="cpu", cache_dir=cache)
     cached_s = time.perf_counter() - start

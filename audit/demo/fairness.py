@@ -120,7 +120,7 @@ def adult_income_classifier(folder: str) -> Any:
     import torch
     from safetensors.torch import load_file
 
-    from audit.subjects.loading import sha256_file
+    from audit.subjects.files import sha256_file
     from audit.findings import FileHash
     from probes.bias.classifier import TabularClassifier
 

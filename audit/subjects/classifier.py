@@ -221,9 +221,9 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 # -- classifier from python ------------------------------------------------------------------------
 def _load_python_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Classifier:
-    from audit.subjects.loading import _import_callable, load_module_weights
+    from audit.subjects.files import import_callable, load_module_weights
 
-    factory, attr = _import_callable(spec.path, base_dir)
+    factory, attr = import_callable(spec.path, base_dir)
     kwargs = {k: v for k, v in spec.options.items() if k not in (*_INPUT_OPTIONS, "weights")}
     try:
         result = factory(**kwargs)
@@ -254,7 +254,7 @@ def _load_python_classifier(spec: SubjectSpec, base_dir: Path, device: torch.dev
 # -- classifier from torchscript -------------------------------------------------------------------
 def _load_torchscript_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device,
                                  cache_dir: Path) -> Classifier:
-    from audit.subjects.loading import sha256_file
+    from audit.subjects.files import sha256_file
 
     unknown = sorted(set(spec.options) - set(_INPUT_OPTIONS))
     if unknown:
@@ -280,7 +280,7 @@ def _load_torchscript_classifier(spec: SubjectSpec, base_dir: Path, device: torc
 
 # -- classifier from transformers ------------------------------------------------------------------
 def _load_hf_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Classifier:
-    from audit.subjects.loading import _check_local_weights, _hash_files, _hub_snapshot, _local_path, _weight_files
+    from audit.subjects.files import check_local_weights, hash_files, hub_snapshot, local_path, weight_files
 
     require("transformers", extra="text", purpose="loading a transformers image classifier")
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -288,14 +288,14 @@ def _load_hf_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device,
     unknown = sorted(set(spec.options) - set(_INPUT_OPTIONS))
     if unknown:
         raise SpecError(f"subject.options: source 'hf' takes {', '.join(_INPUT_OPTIONS)}; got {unknown}")
-    local = _local_path(spec.path, base_dir)
+    local = local_path(spec.path, base_dir)
     if local is not None:
         if local.is_file():
             raise InputError(f"{local}: expected a transformers model folder (config.json + weights), got a file")
-        weights = _check_local_weights(local, allow_pickle=spec.allow_pickle)
+        weights = check_local_weights(local, allow_pickle=spec.allow_pickle)
         folder, source = local, str(local)
     else:
-        folder, _commit = _hub_snapshot(spec)
+        folder, _commit = hub_snapshot(spec)
         weights, source = None, spec.path
     dtype: Any = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
     try:
@@ -327,10 +327,10 @@ def _load_hf_classifier(spec: SubjectSpec, base_dir: Path, device: torch.device,
         defaults["class_names"] = [str(id2label[i]) for i in sorted(id2label)]
     opts = _input_options(spec, defaults=defaults)
     if weights is None:
-        weights = _weight_files(folder)
+        weights = weight_files(folder)
     name = spec.name or (local.resolve().name if local is not None else spec.path)
     return classifier_from_module(model, **opts, name=name, device=device, source=spec.source,
-                                  path=spec.path, files=_hash_files(folder, weights))
+                                  path=spec.path, files=hash_files(folder, weights))
 
 
 def _param_dtype(model: Any) -> torch.dtype | None:

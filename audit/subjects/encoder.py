@@ -76,10 +76,10 @@ class HFSentenceEncoder(Encoder):
         """Load a sentence-transformers folder (transformers format, safetensors weights)."""
         from transformers import AutoModel, AutoTokenizer
 
-        from audit.subjects.loading import _check_local_weights, _hash_files
+        from audit.subjects.files import check_local_weights, hash_files
 
         folder = Path(folder)
-        weights = _check_local_weights(folder, allow_pickle=bool(spec and spec.allow_pickle))
+        weights = check_local_weights(folder, allow_pickle=bool(spec and spec.allow_pickle))
         pooling, normalize, max_len = _sentence_config(folder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -89,7 +89,7 @@ class HFSentenceEncoder(Encoder):
         identity = SubjectIdentity(
             name=name or folder.resolve().name, kind="encoder", source=spec.source if spec else "hf",
             path=spec.path if spec else str(folder), revision=spec.revision if spec else None,
-            files=_hash_files(folder, weights),
+            files=hash_files(folder, weights),
             details={"pooling": pooling, "normalize": normalize, "max_seq_length": max_len,
                      "architecture": type(model).__name__, "device": str(device),
                      "n_parameters": sum(p.numel() for p in model.parameters())},
@@ -257,17 +257,17 @@ class OpenClipEncoder(Encoder):
 # -- loaders (registered in audit.subjects.loading._LOADERS) ------------------------------------------
 def load_hf_encoder(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Encoder:
     require("transformers", extra="text", purpose="loading a sentence encoder")
-    from audit.subjects.loading import _hub_snapshot, _local_path, _no_options
+    from audit.subjects.files import hub_snapshot, local_path, no_options
 
-    _no_options(spec)
-    local = _local_path(spec.path, base_dir)
+    no_options(spec)
+    local = local_path(spec.path, base_dir)
     if local is not None:
         if local.is_file():
             raise InputError(f"{local}: expected a sentence-transformers folder (config.json, weights, "
                              "1_Pooling/config.json), got a file")
         folder = local
     else:
-        folder, _ = _hub_snapshot(spec)
+        folder, _ = hub_snapshot(spec)
     return HFSentenceEncoder.from_folder(folder, device=device, name=spec.name, spec=spec)
 
 
@@ -275,7 +275,7 @@ def load_open_clip_encoder(spec: SubjectSpec, base_dir: Path, device: torch.devi
     """``path`` is an open_clip model name with ``options.pretrained`` (a weights file, or a
     tag such as ``openai`` that open_clip downloads when online), or ``local-dir:FOLDER``."""
     open_clip = require("open_clip", extra="image", purpose="loading an open_clip encoder")
-    from audit.subjects.loading import _check_safetensors, sha256_file
+    from audit.subjects.files import check_safetensors, sha256_file
 
     options = dict(spec.options)
     pretrained = options.pop("pretrained", None)
@@ -317,7 +317,7 @@ def load_open_clip_encoder(spec: SubjectSpec, base_dir: Path, device: torch.devi
             pretrained_arg = str(pretrained)
     for f in files:
         if f.suffix == ".safetensors":
-            _check_safetensors(f)
+            check_safetensors(f)
     try:
         kwargs = {"pretrained": pretrained_arg} if pretrained_arg else {}
         model = open_clip.create_model(name, device=device, weights_only=True, **kwargs)
@@ -343,15 +343,15 @@ def _check_pickles(files: list[Path], spec: SubjectSpec, where: Path) -> None:
 
 def load_python_encoder(spec: SubjectSpec, base_dir: Path, device: torch.device, cache_dir: Path) -> Encoder:
     """``module:callable`` (or ``file.py:callable``) returning an :class:`Encoder`."""
-    from audit.subjects.loading import _describe, _import_callable
+    from audit.subjects.files import describe, import_callable
 
-    factory, attr = _import_callable(spec.path, base_dir)
+    factory, attr = import_callable(spec.path, base_dir)
     try:
         result = factory(**spec.options)
     except Exception as exc:  # user code: any failure is a problem with the input
         raise InputError(f"subject callable {spec.path!r} failed when called: {type(exc).__name__}: {exc}") from exc
     if not isinstance(result, Encoder):
-        raise InputError(f"subject callable {spec.path!r} returned {_describe(result)}; expected an "
+        raise InputError(f"subject callable {spec.path!r} returned {describe(result)}; expected an "
                          "audit.subjects.Encoder (embed_text and/or embed_image)")
     if not isinstance(getattr(result, "identity", None), SubjectIdentity):
         result.identity = SubjectIdentity(name=spec.name or attr, kind="encoder", source="python", path=spec.path)

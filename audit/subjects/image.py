@@ -185,14 +185,14 @@ class CallableImageGenerator(ImageGenerator):
 
 def load_python_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, cache_dir: Path) -> ImageGenerator:
     """Loader for ``(image-generator, python)``."""
-    from audit.subjects.loading import _import_callable
+    from audit.subjects.files import import_callable
 
     options = dict(spec.options)
     text_to_image = options.pop("text_to_image", False)
     value_range = options.pop("output_range", None)
     if not isinstance(text_to_image, bool):
         raise SpecError(f"subject.options.text_to_image: expected true or false, got {text_to_image!r}")
-    fn, attr = _import_callable(spec.path, base_dir)
+    fn, attr = import_callable(spec.path, base_dir)
     identity = SubjectIdentity(name=spec.name or attr.rsplit(".", 1)[-1], kind=spec.kind, source=spec.source,
                                path=spec.path, revision=spec.revision,
                                details={"text_to_image": text_to_image, "device": str(device)})
@@ -246,7 +246,7 @@ def load_torch_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, c
     """Loader for ``(image-generator, torch)``."""
     import torch
 
-    from audit.subjects.loading import _import_callable, load_module_weights
+    from audit.subjects.files import import_callable, load_module_weights
 
     options = dict(spec.options)
     known = {"latent_shape", "weights", "output_range", "factory_kwargs"}
@@ -265,7 +265,7 @@ def load_torch_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, c
     fkw = options.get("factory_kwargs") or {}
     if not isinstance(fkw, dict):
         raise SpecError(f"subject.options.factory_kwargs: expected a mapping, got {fkw!r}")
-    factory, attr = _import_callable(spec.path, base_dir)
+    factory, attr = import_callable(spec.path, base_dir)
     try:
         module = factory(**fkw)
     except Exception as exc:

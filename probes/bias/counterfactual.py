@@ -163,9 +163,9 @@ def build_scorer(kind: str, model: str | None, label: str | None, *, device: Any
     if kind == "python":
         if not model:
             raise SpecError("scorer 'python' needs scorer_model: 'module:callable' returning a scorer")
-        from audit.subjects.loading import _import_callable
+        from audit.subjects.files import import_callable
 
-        factory, _ = _import_callable(model, Path("."))
+        factory, _ = import_callable(model, Path("."))
         scorer = factory()
         if not callable(scorer):
             raise InputError(f"scorer_model {model!r} returned {type(scorer).__name__}, not a callable texts -> scores")

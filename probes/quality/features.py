@@ -117,10 +117,10 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from audit.subjects.loading import _check_safetensors
+        from audit.subjects.files import check_safetensors
         from safetensors.torch import load_file
 
-        _check_safetensors(path)
+        check_safetensors(path)
         return load_file(str(path))
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -208,10 +208,10 @@ def inception_extractor(weights: str | os.PathLike[str] | None = None, *, device
 
 
 def _import_factory(path: str) -> tuple[Any, str]:
-    from audit.subjects.loading import _import_callable
+    from audit.subjects.files import import_callable
 
     try:
-        return _import_callable(path, Path("."))
+        return import_callable(path, Path("."))
     except SpecError as exc:
         raise SpecError(f"feature {path!r}: {exc}") from None
 
