@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from audit.energy import meters as energy_mod
+from audit.energy import estimate as estimate_mod
+from audit.energy import nvml as nvml_mod
+from audit.energy import power as power_mod
+from audit.energy import rapl as rapl_mod
+from audit.energy import windows as windows_mod
 from audit.energy import (
     CPU_UNAVAILABLE_REASON,
     CompositeMeter,
@@ -83,7 +87,7 @@ def nvml(monkeypatch):
     """Install a fake pynvml with three GPUs; CUDA_VISIBLE_DEVICES unset, torch's CUDA idle."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    monkeypatch.setattr(energy_mod, "_cuda_initialized", lambda: False)
+    monkeypatch.setattr(nvml_mod, "cuda_initialized", lambda: False)
 
     def install(devices=None, **kwargs):
         mod = fake_pynvml(devices if devices is not None else three_gpus(), **kwargs)
@@ -94,13 +98,19 @@ def nvml(monkeypatch):
 
 
 class FakeClock:
-    """Replaces audit.energy.time so windows have the length a test needs."""
+    """Replaces the time module of audit.energy's meters so windows have the length a test needs."""
 
     def __init__(self, *times):
         self.times = list(times)
 
     def perf_counter(self):
         return self.times.pop(0)
+
+
+def use_clock(monkeypatch, clock):
+    """Let every module of audit.energy that reads the time read ``clock`` (one sequence)."""
+    for mod in (nvml_mod, rapl_mod, windows_mod, estimate_mod, power_mod):
+        monkeypatch.setattr(mod, "time", clock)
 
 
 def measure(meter, between=None):
@@ -225,7 +235,7 @@ def test_nvml_mixed_models_with_indices_warns(nvml, monkeypatch):
 
 def test_nvml_counter_not_advancing_over_a_long_window_warns(nvml, monkeypatch):
     nvml(three_gpus({0: [5000, 5000], 1: [0, 0], 2: [0, 0]}))
-    monkeypatch.setattr(energy_mod, "time", FakeClock(10.0, 12.5))
+    use_clock(monkeypatch, FakeClock(10.0, 12.5))
     (r,) = measure(NvmlMeter(device_indices=[0]))
     assert (r.kind, r.joules, r.duration_s) == ("measured", 0.0, 2.5)
     assert len(r.warnings) == 1 and "did not advance over 2.5 s" in r.warnings[0]
@@ -233,7 +243,7 @@ def test_nvml_counter_not_advancing_over_a_long_window_warns(nvml, monkeypatch):
 
 def test_nvml_counter_not_advancing_over_a_short_window_is_fine(nvml, monkeypatch):
     nvml(three_gpus({0: [5000, 5000], 1: [0, 0], 2: [0, 0]}))
-    monkeypatch.setattr(energy_mod, "time", FakeClock(10.0, 10.2))
+    use_clock(monkeypatch, FakeClock(10.0, 10.2))
     (r,) = measure(NvmlMeter(device_indices=[0]))
     assert r.warnings == ()
 
@@ -277,7 +287,7 @@ def test_nvml_synchronizes_cuda_before_reading(nvml, monkeypatch):
         )
     )
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
-    monkeypatch.setattr(energy_mod, "_cuda_initialized", lambda: True)
+    monkeypatch.setattr(nvml_mod, "cuda_initialized", lambda: True)
     measure(NvmlMeter(device_indices=[0]))
     assert events == [("sync", 0), ("read", 0), ("sync", 0), ("read", 0)]
 
@@ -372,14 +382,14 @@ def test_rapl_window_longer_than_wrap_period_warns(tmp_path, monkeypatch):
             }
         },
     )
-    monkeypatch.setattr(energy_mod, "time", FakeClock(0.0, 30.0))
+    use_clock(monkeypatch, FakeClock(0.0, 30.0))
     (r,) = measure(RaplMeter(root=root), lambda: set_energy(root, "intel-rapl:0", 5_000_000))
     assert r.kind == "measured" and r.joules == 5.0
     assert any("under-counted" in w for w in r.warnings)
 
 
 def test_rapl_counter_not_advancing_warns(rapl, monkeypatch):
-    monkeypatch.setattr(energy_mod, "time", FakeClock(0.0, 3.0))
+    use_clock(monkeypatch, FakeClock(0.0, 3.0))
     readings = measure(RaplMeter(root=rapl))
     assert all(r.joules == 0.0 and "did not advance over 3.0 s" in r.warnings[0] for r in readings)
 
@@ -544,7 +554,7 @@ def test_idle_baseline_and_net_energy_by_hand(tmp_path, monkeypatch):
     root = rapl_tree(tmp_path, {"intel-rapl:0": {"name": "package-0", "energy_uj": 0,
                                                  "max_energy_range_uj": 10**12}})
     # Idle: 2 J over 2 s -> 1 W. Busy: 10 J over 4 s -> net 10 - 1 W x 4 s = 6 J.
-    monkeypatch.setattr(energy_mod, "time", FakeClock(0.0, 2.0, 10.0, 14.0))
+    use_clock(monkeypatch, FakeClock(0.0, 2.0, 10.0, 14.0))
     idle = measure_idle(RaplMeter(root=root), seconds=2.0, sleep=lambda s: set_energy(root, "intel-rapl:0", 2_000_000))
     assert idle.watts == {"CPU package 0": 1.0} and idle.duration_s == 2.0
     busy = measure(RaplMeter(root=root), lambda: set_energy(root, "intel-rapl:0", 12_000_000))
@@ -600,7 +610,7 @@ def test_measure_window_runs_many_calls_and_synchronizes_each():
 def test_measure_window_reports_a_counter_that_did_not_advance(nvml, monkeypatch):
     nvml(three_gpus({0: [5000, 5000], 1: [0, 0], 2: [0, 0]}))
     # meter start, window t0, call end, meter stop: a 3 s window where the counter stood still.
-    monkeypatch.setattr(energy_mod, "time", FakeClock(0.0, 0.0, 3.0, 3.0))
+    use_clock(monkeypatch, FakeClock(0.0, 0.0, 3.0, 3.0))
     w = measure_window(NvmlMeter(device_indices=[0]), lambda: 1, min_seconds=1.0)
     assert w.stalled == ("GPU 0: NVIDIA H100 80GB HBM3",)
     assert w.readings[0].joules == 0.0 and "did not advance" in w.readings[0].warnings[0]
