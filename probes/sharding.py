@@ -5,6 +5,8 @@
   callable's batch ``i`` from ``seed + i``, latents cut from the one seeded stream).
 * :func:`merge_read_logs`: the image read logs of every rank added up.
 * :func:`shard_map`: ``fn`` over this rank's items, results gathered in item order.
+* :func:`torch_latent_shard`: a latent module's images for this rank's indices, from the
+  latents a single process would draw for them.
 
 In one process each helper does what a plain loop would.
 """
@@ -15,9 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from audit.errors import InputError
 from audit.subjects.imagedata import ImageReadLog, iter_image_batches
 
-__all__ = ["image_shard", "merge_read_logs", "shard_map"]
+__all__ = ["first_size", "image_shard", "merge_read_logs", "shard_map", "torch_latent_shard"]
 
 
 def shard_map(ctx: Any, items: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
@@ -98,10 +101,8 @@ def image_shard(subject: Any, ctx: Any, n: int, *, batch_size: int, seed: int,
             at += b.shape[0]
         return
     if isinstance(subject, TorchImageGenerator):
-        from probes.quality.image_fidelity import _torch_latent_shard
-
         at = mine.start
-        for b in _torch_latent_shard(subject, mine, seed, bs):
+        for b in torch_latent_shard(subject, mine, seed, bs):
             yield b, list(range(at, at + b.shape[0]))
             at += b.shape[0]
         return
@@ -116,3 +117,26 @@ def image_shard(subject: Any, ctx: Any, n: int, *, batch_size: int, seed: int,
         at += b.shape[0]
         if at >= mine.stop:
             break
+
+
+def torch_latent_shard(subject: Any, mine: range, seed: int, bs: int) -> Iterator[Any]:
+    """Images ``mine`` of a latent module: the latents a single process draws for them (the
+    stream is drawn in the same chunks and cut), pushed through the module batch by batch."""
+    import torch
+
+    from audit.subjects.image import LATENT_CHUNK
+
+    if not len(mine):
+        return
+    g = torch.Generator().manual_seed(seed)
+    drawn = -(-mine.stop // LATENT_CHUNK) * LATENT_CHUNK
+    z_all = torch.randn((drawn, *subject.latent_shape), generator=g)[mine.start:mine.stop]
+    lo, hi = subject.output_range
+    for start in range(0, len(mine), bs):
+        z = z_all[start:start + bs].to(subject.device, non_blocking=True)
+        with torch.inference_mode():
+            x = subject.module(z)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != z.shape[0]:
+            raise InputError(f"torch image generator {subject.identity.path!r} returned "
+                             f"{getattr(x, 'shape', type(x).__name__)}; expected images [{z.shape[0]}, C, H, W]")
+        yield ((x.float() - lo) / (hi - lo)).clamp_(0, 1).mul_(255).round_().to(torch.uint8)

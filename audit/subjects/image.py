@@ -36,7 +36,9 @@ from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_imag
 from audit.spec import SubjectSpec
 from audit.subjects import ImageGenerator
 
-_LATENT_CHUNK = 256
+#: A latent module's latents are drawn from its seeded stream in chunks of this many (sharding
+#: over ranks cuts the same stream: :func:`probes.sharding.torch_latent_shard`).
+LATENT_CHUNK = 256
 
 __all__ = [
     "CallableImageGenerator",
@@ -228,7 +230,7 @@ class TorchImageGenerator(ImageGenerator):
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             while buffer.shape[0] < b:
-                buffer = torch.cat([buffer, torch.randn((_LATENT_CHUNK, *self.latent_shape), generator=g)])
+                buffer = torch.cat([buffer, torch.randn((LATENT_CHUNK, *self.latent_shape), generator=g)])
             z, buffer = buffer[:b].to(self.device, non_blocking=True), buffer[b:]
             with torch.inference_mode():
                 x = self.module(z)

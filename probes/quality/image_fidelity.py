@@ -49,7 +49,7 @@ from probes.quality.image_functional import (
     precision_recall,
 )
 from probes.quality.stats_file import ReferenceStats, check_compatible, load_stats
-from probes.sharding import first_size, merge_read_logs
+from probes.sharding import first_size, merge_read_logs, torch_latent_shard
 
 __all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder"]
 
@@ -434,7 +434,7 @@ def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: P
         col.log = ImageReadLog(read=col.n)
         return col
     if isinstance(subject, TorchImageGenerator):
-        col = collect_features(_torch_latent_shard(subject, mine, seed, bs), fx, progress=progress)
+        col = collect_features(torch_latent_shard(subject, mine, seed, bs), fx, progress=progress)
         col.log = ImageReadLog(read=col.n)
         return col
     # Another generator: every rank makes all n images (same seed) and keeps its own batches.
@@ -455,27 +455,6 @@ def _generated_shard(subject: Any, n: int, bs: int, mode: str, size: Any, ctx: P
     col = collect_features(own(), fx, progress=progress)
     col.log = ImageReadLog(read=col.n)
     return col
-
-
-def _torch_latent_shard(subject: Any, mine: range, seed: int, bs: int) -> Iterable[torch.Tensor]:
-    """Images ``mine`` of a latent module: the latents a single process draws for them (the
-    stream is drawn in the same chunks and cut), pushed through the module batch by batch."""
-    from audit.subjects.image import _LATENT_CHUNK
-
-    if not len(mine):
-        return
-    g = torch.Generator().manual_seed(seed)
-    drawn = -(-mine.stop // _LATENT_CHUNK) * _LATENT_CHUNK
-    z_all = torch.randn((drawn, *subject.latent_shape), generator=g)[mine.start:mine.stop]
-    lo, hi = subject.output_range
-    for start in range(0, len(mine), bs):
-        z = z_all[start:start + bs].to(subject.device, non_blocking=True)
-        with torch.inference_mode():
-            x = subject.module(z)
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != z.shape[0]:
-            raise InputError(f"torch image generator {subject.identity.path!r} returned "
-                             f"{getattr(x, 'shape', type(x).__name__)}; expected images [{z.shape[0]}, C, H, W]")
-        yield ((x.float() - lo) / (hi - lo)).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def _reduce(ctx: ProbeContext, fx: FeatureExtractor, col: Collected, keep: int) -> Collected:
