@@ -24,7 +24,7 @@ import jinja2
 from markupsafe import Markup
 
 from audit.findings import AuditReport, Finding, ProbeStatus
-from audit.render import (
+from audit.render.format import (
     describe_bound,
     direction_arrow,
     findings_by_probe,

@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from audit.findings import AuditReport
-from audit.render import first_line, format_number, gate_label
+from audit.render.format import first_line, format_number, gate_label
 
 __all__ = ["render_junit"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from audit.findings import AuditReport, Finding
-from audit.render import (
+from audit.render.format import (
     describe_bound,
     direction_arrow,
     first_line,

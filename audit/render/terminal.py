@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from audit.findings import AuditReport, Finding
-from audit.render import (
+from audit.render.format import (
     describe_bound,
     direction_arrow,
     first_line,
