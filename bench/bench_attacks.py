@@ -123,7 +123,7 @@ def main(argv=None):
     results: dict[str, float] = {}
 
     def ours():
-        return run_batched(pgd, model, x, y, batch_size=args.batch, eps=eps, steps=steps, step_size=alpha,
+        return run_batched(pgd, model, x, y, batch_size=args.batch, eps=eps, steps=steps, eps_step=alpha,
                            random_start=True)
 
     def bare():
@@ -153,7 +153,7 @@ def main(argv=None):
         n_default = args.art_default_n or args.n
         for label, bs, n in (("art_default_batch", ART_DEFAULT_BATCH_SIZE, n_default), ("art_equal_batch", args.batch, args.n)):
             def run_art(bs=bs, n=n):
-                art_pgd(model, x[:n], y[:n], eps, num_classes=10, steps=steps, step_size=alpha, random_start=True,
+                art_pgd(model, x[:n], y[:n], eps, num_classes=10, steps=steps, eps_step=alpha, random_start=True,
                         restarts=1, batch_size=bs)
 
             contenders[label] = (run_art, n)

@@ -56,8 +56,8 @@ def test_fgsm_is_identical_to_art(model, digits, targeted):
 def test_pgd_without_random_start_is_identical_to_art_linf(model, digits, targeted):
     x, y = digits
     t = (y + 3) % 10 if targeted else y
-    ours = pgd(model, x, t, 0.08, steps=7, step_size=0.02, random_start=False, targeted=targeted)
-    ref = art_pgd(model, x, t, 0.08, steps=7, step_size=0.02, random_start=False, num_classes=10, targeted=targeted)
+    ours = pgd(model, x, t, 0.08, steps=7, eps_step=0.02, random_start=False, targeted=targeted)
+    ref = art_pgd(model, x, t, 0.08, steps=7, eps_step=0.02, random_start=False, num_classes=10, targeted=targeted)
     assert torch.equal(ours.x_adv, ref.x_adv)
     assert torch.equal(ours.success, ref.success)
 
@@ -66,8 +66,8 @@ def test_l2_fgsm_and_pgd_match_art_to_float_rounding(model, digits):
     x, y = digits
     torch.testing.assert_close(fgsm(model, x, y, 1.0, norm="l2").x_adv,
                                art_fgsm(model, x, y, 1.0, norm="l2", num_classes=10).x_adv, rtol=0, atol=1e-6)
-    ours = pgd(model, x, y, 1.0, norm="l2", steps=5, step_size=0.3, random_start=False)
-    ref = art_pgd(model, x, y, 1.0, norm="l2", steps=5, step_size=0.3, random_start=False, num_classes=10)
+    ours = pgd(model, x, y, 1.0, norm="l2", steps=5, eps_step=0.3, random_start=False)
+    ref = art_pgd(model, x, y, 1.0, norm="l2", steps=5, eps_step=0.3, random_start=False, num_classes=10)
     # ART projects in float64 then casts; we stay in float32: the same point up to rounding.
     torch.testing.assert_close(ours.x_adv, ref.x_adv, rtol=0, atol=1e-5)
     assert torch.equal(ours.success, ref.success)

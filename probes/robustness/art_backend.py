@@ -87,7 +87,7 @@ def art_fgsm(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, num_cl
 
 
 def art_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, num_classes: int, norm: Norm = "linf",
-            steps: int = 10, step_size: float | None = None, random_start: bool = True, restarts: int = 1,
+            steps: int = 10, eps_step: float | None = None, random_start: bool = True, restarts: int = 1,
             targeted: bool = False, input_range: tuple[float, float] | None = None,
             batch_size: int = ART_DEFAULT_BATCH_SIZE, seed: int | None = None) -> AttackResult:
     """PGD through ART's ``ProjectedGradientDescent`` (same arguments as :func:`attacks.pgd`).
@@ -100,7 +100,7 @@ def art_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, num_cla
                                       input_range=input_range)
     _check_budget(eps, norm, rng, x[0].numel())
     check_inputs(x, rng)
-    alpha = 2.5 * eps / steps if step_size is None else step_size
+    alpha = 2.5 * eps / steps if eps_step is None else eps_step
     if seed is not None:
         np.random.seed(seed % (2**32))
     with eval_mode(module):

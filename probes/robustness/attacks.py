@@ -3,7 +3,7 @@
 The attacks follow the reference formulation that ART implements (so that the two agree
 exactly where no randomness is involved):
 
-* a step moves ``x`` by ``step_size * sign(g)`` (L-inf) or ``step_size * g / ||g||_2`` (L2), where
+* a step moves ``x`` by ``eps_step * sign(g)`` (L-inf) or ``eps_step * g / ||g||_2`` (L2), where
   ``g`` is the gradient of the cross-entropy (ascending for untargeted attacks, descending towards
   the target for targeted ones); non-finite gradient entries are replaced by 0;
 * the result is clipped to the input range, then the perturbation is projected onto the eps ball;
@@ -231,12 +231,12 @@ def fgsm(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm
         >>> r.x_adv.shape, r.success.dtype
         (torch.Size([3, 4]), torch.bool)
     """
-    return pgd(model, x, y, eps, norm=norm, steps=1, step_size=eps, random_start=False, restarts=1,
+    return pgd(model, x, y, eps, norm=norm, steps=1, eps_step=eps, random_start=False, restarts=1,
                targeted=targeted, input_range=input_range, autocast=autocast)
 
 
 def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm = "linf", steps: int = 10,
-        step_size: float | None = None, random_start: bool = True, restarts: int = 1, targeted: bool = False,
+        eps_step: float | None = None, random_start: bool = True, restarts: int = 1, targeted: bool = False,
         input_range: tuple[float, float] | None = None, generator: torch.Generator | None = None,
         autocast: torch.dtype | None = None, seed: int | None = None,
         sample_ids: torch.Tensor | None = None) -> AttackResult:
@@ -245,7 +245,9 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
     Args:
         model, x, y, eps, norm, targeted, input_range, autocast: as for :func:`fgsm`.
         steps: gradient steps per restart.
-        step_size: step length in input units; default ``2.5 * eps / steps`` (Madry et al.).
+        eps_step: step length in input units, as ART's ``eps_step`` (torchattacks' ``alpha``);
+            default ``2.5 * eps / steps`` (Madry et al.). The probes' ``step_size`` parameter is a
+            fraction of eps instead: they pass ``eps_step = step_size * eps``.
         random_start: start uniformly inside the ball (else at ``x``).
         restarts: independent random starts; a sample counts as broken if any restart breaks it.
         generator: the random starts' generator (a CPU one is turned into one seed for the device).
@@ -276,12 +278,12 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
         raise SpecError(f"steps must be an integer >= 1, got {steps!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise SpecError(f"restarts must be an integer >= 1, got {restarts!r}")
-    alpha = 2.5 * eps / steps if step_size is None else step_size
+    alpha = 2.5 * eps / steps if eps_step is None else eps_step
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         if eps == 0:
             alpha = 0.0
         else:
-            raise SpecError(f"step_size must be a positive number, got {step_size!r}")
+            raise SpecError(f"eps_step (the PGD step, in input units) must be a positive number, got {eps_step!r}")
     if x.shape[0] != y.shape[0]:
         raise InputError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
     check_inputs(x, (lo, hi))

@@ -237,14 +237,14 @@ class _Attacker:
                 return art_fgsm(self.subject, xd, yd, eps, num_classes=self.subject.num_classes, norm=p.norm,
                                 targeted=targeted, batch_size=size)
             return art_pgd(self.subject, xd, yd, eps, num_classes=self.subject.num_classes, norm=p.norm,
-                           steps=p.steps, step_size=step, random_start=p.random_start, restarts=p.restarts,
+                           steps=p.steps, eps_step=step, random_start=p.random_start, restarts=p.restarts,
                            targeted=targeted, batch_size=size, seed=self.ctx.child_seed(seed_purpose))
         autocast = torch.bfloat16 if p.precision == "bf16" else None
         if attack == "fgsm":
             return run_batched(fgsm, self.subject, x, y, batch_size=self.batch(), device=self.device, eps=eps,
                                norm=p.norm, targeted=targeted, autocast=autocast)
         return run_batched(pgd, self.subject, x, y, batch_size=self.batch(), device=self.device, eps=eps,
-                           norm=p.norm, steps=p.steps, step_size=step, random_start=p.random_start,
+                           norm=p.norm, steps=p.steps, eps_step=step, random_start=p.random_start,
                            restarts=p.restarts, targeted=targeted, seed=self.ctx.child_seed(seed_purpose),
                            sample_ids=sample_ids, autocast=autocast)
 

@@ -84,7 +84,7 @@ def evasion_curve(detector: Any, x: torch.Tensor, real: int, budgets: Sequence[f
         target = torch.full((xs.shape[0],), real, dtype=torch.long)
         for eps in budgets:
             res = run_batched(pgd, detector, xs, target, batch_size=batch_size, device=dev, eps=eps, norm=norm,
-                              steps=steps, step_size=None if step_size is None else step_size * eps,
+                              steps=steps, eps_step=None if step_size is None else step_size * eps,
                               random_start=random_start, restarts=restarts, targeted=True, seed=seed,
                               sample_ids=ids, autocast=autocast)
             cols.append(res.success.double().cpu())
