@@ -33,19 +33,19 @@ import copy
 import dataclasses
 import itertools
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from audit.energy import IdleBaseline, Window, default_meter, measure_idle, measure_window, summarize
+from audit.energy import IdleBaseline, Window, default_meter, measure_idle, measure_window
 from audit.errors import SpecError
-from audit.findings import Finding, Interval
+from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci, bootstrap_ratio_ci, wilson_interval
+from probes.energy.functional import host_peak_rss_bytes, percentile_ci, psnr_db, reset_host_peak
+from probes.energy.results import UNITS, Results
 
 __all__ = ["InferenceEnergy", "host_peak_rss_bytes", "percentile_ci", "reset_host_peak"]
 
@@ -54,13 +54,6 @@ _OPERATIONS = {
     "text-generator": ("generate", "score"),
     "image-generator": ("generate",),
     "classifier": ("classify",),
-}
-# (per-unit metric suffix, unit label, units per reported quantity, throughput metric)
-_UNITS = {
-    ("text-generator", "generate"): ("1k_tokens", "J/1k tokens", 1000.0, "tokens_per_s"),
-    ("text-generator", "score"): ("1k_tokens", "J/1k tokens", 1000.0, "tokens_per_s"),
-    ("image-generator", "generate"): ("image", "J/image", 1.0, "images_per_s"),
-    ("classifier", "classify"): ("1k_classifications", "J/1k classifications", 1000.0, "classifications_per_s"),
 }
 _BUILTIN_PROMPTS = (
     "Write a short note explaining why the sky looks blue during the day.",
@@ -74,7 +67,6 @@ _BUILTIN_PROMPTS = (
 )
 _IMAGE_PROMPTS = ("a red bicycle leaning on a wall", "a bowl of fruit on a table", "a lighthouse at dusk",
                   "a cat sleeping on a sofa")
-_FEW_WINDOWS = 5
 
 
 @register("energy.inference")
@@ -191,7 +183,7 @@ class InferenceEnergy:
         return findings
 
     def _nan(self, kind: str, op: str, slice_extra: dict[str, str], why: str) -> Finding:
-        suffix, unit, _, _ = _UNITS.get((kind, op), ("unit", "J/unit", 1.0, ""))
+        suffix, unit, _, _ = UNITS.get((kind, op), ("unit", "J/unit", 1.0, ""))
         return Finding(probe=self.id, metric=f"energy_j_per_{suffix}", value=math.nan, higher_is_better=False,
                        unit=unit, slice={"operation": op, **slice_extra}, warnings=(why,))
 
@@ -230,7 +222,7 @@ class InferenceEnergy:
             if peak is not None:
                 host_peaks.append(peak / 2**20)
             workload.host_peak_is_lifetime = not host_reset
-        return _Results(self, kind, op, workload, windows, idle, device_peaks, host_peaks,
+        return Results(self, kind, op, workload, windows, idle, device_peaks, host_peaks,
                         {"operation": op, **slice_extra}).findings()
 
     def _quality(self, kind: str, subj: Any, ctx: ProbeContext, device: Any, slice_: dict[str, str],
@@ -462,227 +454,3 @@ def _merge_window(dist: Any, window: Window, device_peak: float | None, host_pea
     dev = [p for _, _, p, _ in every if p is not None]
     host = [p for _, _, _, p in every if p is not None]
     return merged, max(dev) if dev else None, max(host) if host else None
-
-
-# -- memory -----------------------------------------------------------------------------------
-
-
-def reset_host_peak() -> bool:
-    """Reset this process's peak resident memory (Linux: ``/proc/self/clear_refs``); False if it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def host_peak_rss_bytes() -> int | None:
-    """Peak resident memory of this process since the last reset (``VmHWM``), else its lifetime peak."""
-    try:
-        m = re.search(r"^VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.M)
-        if m:
-            return int(m.group(1)) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kB on Linux
-    except (ImportError, OSError):
-        return None
-
-
-# -- maths ----------------------------------------------------------------------------------
-
-
-def percentile_ci(values: Sequence[float], q: float, *, n_resamples: int = 2000, confidence: float = 0.95,
-                  seed: int = 0) -> tuple[float, Interval | None]:
-    """The ``q``-th percentile of ``values`` (linear interpolation, NumPy's default) and its
-    percentile-bootstrap interval.
-
-    Example:
-        >>> value, ci = percentile_ci([1.0, 2.0, 3.0, 4.0, 5.0], 50)
-        >>> value, ci.low <= value <= ci.high
-        (3.0, True)
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return math.nan, None
-    value = float(np.percentile(x, q))
-    ci = bootstrap_ci(x, lambda s, axis=-1: np.percentile(s, q, axis=axis), n_resamples=n_resamples,
-                      confidence=confidence, seed=seed)
-    return value, ci
-
-
-def psnr_db(images: Any, reference: Any) -> np.ndarray:
-    """PSNR in dB of each uint8 image against the reference (inf where identical).
-
-    Example:
-        >>> import torch
-        >>> a = torch.zeros(1, 1, 2, 2, dtype=torch.uint8); b = a.clone(); b[0, 0, 0, 0] = 255
-        >>> round(float(psnr_db(b, a)[0]), 2)    # MSE = 255^2 / 4
-        6.02
-    """
-    a = np.asarray(images, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images and reference differ in shape: {a.shape} != {b.shape}")
-    mse = ((a - b) ** 2).reshape(a.shape[0], -1).mean(1)
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(255.0 ** 2 / mse)
-
-
-# -- findings -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Results:
-    probe: InferenceEnergy
-    kind: str
-    op: str
-    workload: _Workload
-    windows: list[Window]
-    idle: IdleBaseline | None
-    device_peaks: list[float]
-    host_peaks: list[float]
-    slice_: dict[str, str]
-
-    def _finding(self, metric: str, value: float, *, higher: bool, unit: str, ci: Interval | None, n: int,
-                 warnings: Sequence[str] = (), evidence: dict[str, Any] | None = None) -> Finding:
-        return Finding(probe=self.probe.id, metric=metric, value=value, higher_is_better=higher, unit=unit, ci=ci,
-                       n=n, slice=self.slice_, warnings=tuple(dict.fromkeys(warnings)), evidence=evidence or {})
-
-    def _ratio(self, num: np.ndarray, den: np.ndarray, scale: float) -> tuple[float, Interval | None]:
-        if den.sum() <= 0 or not np.all(np.isfinite(num)):
-            return math.nan, None
-        value = float(num.sum() / den.sum() * scale)
-        ci = bootstrap_ratio_ci(num, den, transform=lambda r: r * scale, n_resamples=self.probe.n_resamples,
-                                confidence=self.probe.confidence, seed=0)
-        return value, ci
-
-    def findings(self) -> list[Finding]:
-        suffix, unit, scale, tput = _UNITS[(self.kind, self.op)]
-        w = self.windows
-        n = len(w)
-        units = np.array([x.units for x in w], dtype=np.float64)
-        durations = np.array([x.duration_s for x in w], dtype=np.float64)
-        summaries = [summarize(x.readings, idle=self.idle) for x in w]
-        common: list[str] = []
-        if n < _FEW_WINDOWS:
-            common.append(f"only {n} windows: the intervals over windows are rough; use repeats >= {_FEW_WINDOWS}")
-        if units.sum() <= 0:
-            common.append(f"no {unit.split('/')[1]} were produced in any window: per-unit values are nan")
-        evidence = {
-            "workload": self.workload.note, "windows": n, "calls": int(sum(x.calls for x in w)),
-            "units": float(units.sum()), "seconds": float(durations.sum()),
-            "per_window": [{"units": float(x.units), "calls": x.calls, "duration_s": x.duration_s,
-                            "energy": {k: s[k] for k in ("joules", "kind", "source", "estimate_joules", "net_joules")
-                                       if k in s}} for x, s in zip(w, summaries)],
-        }
-        out: list[Finding] = []
-
-        # Measured energy (gross and idle-subtracted). Never silently a number: nan with the reason.
-        kinds = {s["kind"] for s in summaries}
-        measured_ok = all(s["joules"] is not None for s in summaries)
-        gross = np.array([s["joules"] if s["joules"] is not None else math.nan for s in summaries])
-        energy_warnings = list(common)
-        if not measured_ok:
-            reasons = "; ".join(dict.fromkeys(s["reason"] or s["kind"] for s in summaries if s["joules"] is None))
-            energy_warnings.append(f"energy unavailable: no hardware counter could be read ({reasons})")
-        elif "partial" in kinds:
-            unmeasured = sorted({d for s in summaries for d in s["unmeasured"]})
-            why = "; ".join(dict.fromkeys(s["reason"] for s in summaries if s["reason"]))
-            energy_warnings.append(f"partial: {', '.join(unmeasured)} not measured and not included ({why})")
-        stalled = sorted({d for x in w for d in x.stalled})
-        if stalled:
-            k = sum(1 for x in w if x.stalled)
-            energy_warnings.append(
-                f"approximate: the energy counter of {', '.join(stalled)} did not advance in {k} of {n} windows; "
-                "the counter is coarser than the work, so these values are approximate; raise min_window_s"
-            )
-        caveats = sorted({r.reason for x in w for r in x.readings if r.kind == "measured" and r.reason})
-        value, ci = self._ratio(gross, units, scale) if measured_ok else (math.nan, None)
-        measured_evidence = {**evidence, "caveats": caveats, "approximate": bool(stalled),
-                             "sources": sorted({src for s in summaries for src in s["sources"]})}
-        out.append(self._finding(f"energy_j_per_{suffix}", value, higher=False, unit=unit, ci=ci, n=n,
-                                 warnings=energy_warnings, evidence=measured_evidence))
-
-        net_warnings = list(energy_warnings)
-        if self.idle is None:
-            net_warnings.append("no idle baseline (idle_s is 0): net energy not computed")
-            net = np.full(n, math.nan)
-        else:
-            net = np.array([s["net_joules"] if s.get("net_joules") is not None else math.nan for s in summaries])
-            net_warnings += [m for s in summaries for m in s.get("net_warnings", [])]
-            if measured_ok and not np.all(np.isfinite(net)):
-                net_warnings.append("the idle power of a measured device is unknown: net energy not computed")
-        net_value, net_ci = self._ratio(net, units, scale) if np.all(np.isfinite(net)) else (math.nan, None)
-        out.append(self._finding(f"energy_net_j_per_{suffix}", net_value, higher=False, unit=unit, ci=net_ci, n=n,
-                                 warnings=net_warnings,
-                                 evidence={"idle": self.idle.to_dict() if self.idle else None,
-                                           "method": "window energy minus idle power x window duration, per device"}))
-
-        # A labelled estimate, only ever in its own finding.
-        est = [s["estimate_joules"] for s in summaries]
-        if any(e is not None for e in est):
-            est_arr = np.array([e if e is not None else math.nan for e in est])
-            labels = sorted({r.reason for x in w for r in x.readings if r.kind == "estimate" and r.reason})
-            est_value, est_ci = self._ratio(est_arr, units, scale) if np.all(np.isfinite(est_arr)) else (math.nan, None)
-            out.append(self._finding(
-                f"energy_estimate_j_per_{suffix}", est_value, higher=False, unit=unit, ci=est_ci, n=n,
-                warnings=[*common, "ESTIMATE, not a measurement: " + " | ".join(labels)],
-                evidence={"label": "estimate", "models": labels,
-                          "devices": sorted({r.device for x in w for r in x.readings if r.kind == "estimate"})},
-            ))
-
-        # Emissions, from the measured gross energy (or, labelled, from the estimate).
-        factor = self._factor()
-        if factor is not None:
-            basis, e_val, e_ci, metric = "measured gross energy", value, ci, f"emissions_g_co2e_per_{suffix}"
-            e_warn = list(energy_warnings)
-            if not measured_ok and any(e is not None for e in est):
-                basis, metric = "ESTIMATED energy (codecarbon), not measured", f"emissions_estimate_g_co2e_per_{suffix}"
-                e_val, e_ci = est_value, est_ci
-                e_warn = [*common, "ESTIMATE: from estimated, not measured, energy"]
-            g = factor.grams(e_val) if math.isfinite(e_val) else math.nan
-            g_ci = Interval(factor.grams(e_ci.low), factor.grams(e_ci.high), e_ci.method) if e_ci else None
-            out.append(self._finding(metric, g, higher=False, unit=f"gCO2e/{unit.split('/', 1)[1]}", ci=g_ci, n=n,
-                                     warnings=e_warn, evidence={"factor": factor.to_dict(), "stated": factor.describe(),
-                                                                "basis": basis}))
-
-        # Latency and throughput.
-        lat = np.array([t for x in w for t in x.latencies_s], dtype=np.float64)
-        lat_unit = f"s/call ({self.workload.batch} per call)"
-        for q in (50, 95):
-            v, c = percentile_ci(lat, q, n_resamples=self.probe.n_resamples, confidence=self.probe.confidence)
-            out.append(self._finding(f"latency_p{q}_s", v, higher=False, unit=lat_unit, ci=c, n=int(lat.size),
-                                     warnings=common if q == 50 else ()))
-        t_val, t_ci = self._ratio(units, durations, 1.0)
-        out.append(self._finding(f"throughput_{tput}", t_val, higher=True, unit=tput.replace("_per_", "/"), ci=t_ci,
-                                 n=n, warnings=common))
-
-        # Peak memory: the largest window, with the range over windows.
-        if self.device_peaks:
-            p = np.array(self.device_peaks)
-            out.append(self._finding("peak_device_memory_mib", float(p.max()), higher=False, unit="MiB",
-                                     ci=Interval(p.min(), p.max(), "range-over-windows"), n=n,
-                                     evidence={"what": "torch.cuda.max_memory_allocated per window"}))
-        if self.host_peaks:
-            p = np.array(self.host_peaks)
-            hw = ["the host peak could not be reset between windows: it is the process's lifetime peak"] \
-                if self.workload.host_peak_is_lifetime else []
-            out.append(self._finding("peak_host_memory_mib", float(p.max()), higher=False, unit="MiB",
-                                     ci=Interval(p.min(), p.max(), "range-over-windows"), n=n, warnings=hw,
-                                     evidence={"what": "peak resident memory of the process per window (VmHWM)"}))
-        return out
-
-    def _factor(self) -> Any:
-        p = self.probe
-        if p.country is None and p.grid_intensity_g_per_kwh is None:
-            return None
-        from audit.energy.emissions import emissions_factor
-
-        return emissions_factor(country=p.country, g_per_kwh=p.grid_intensity_g_per_kwh, source=p.grid_source,
-                                pue=p.pue)
-
-
