@@ -23,11 +23,11 @@ from audit.errors import InputError, require
 from probes.robustness.attacks import (
     AttackResult,
     Norm,
-    _check_budget,
     check_inputs,
     eval_mode,
     resolve_model,
 )
+from probes.robustness.checks import check_budget
 
 __all__ = ["ART_DEFAULT_BATCH_SIZE", "art_classifier", "art_fgsm", "art_pgd"]
 
@@ -76,7 +76,7 @@ def art_fgsm(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, num_cl
 
     est, module, rng = art_classifier(model, input_shape=tuple(x.shape[1:]), num_classes=num_classes,
                                       input_range=input_range)
-    _check_budget(eps, norm, rng, x[0].numel())
+    check_budget(eps, norm, rng, x[0].numel())
     check_inputs(x, rng)
     with eval_mode(module):  # ART sets eval mode itself and never restores it
         attack = FastGradientMethod(est, norm=np.inf if norm == "linf" else 2, eps=float(eps), eps_step=float(eps),
@@ -98,7 +98,7 @@ def art_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, num_cla
 
     est, module, rng = art_classifier(model, input_shape=tuple(x.shape[1:]), num_classes=num_classes,
                                       input_range=input_range)
-    _check_budget(eps, norm, rng, x[0].numel())
+    check_budget(eps, norm, rng, x[0].numel())
     check_inputs(x, rng)
     alpha = 2.5 * eps / steps if eps_step is None else eps_step
     if seed is not None:

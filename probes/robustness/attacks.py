@@ -21,7 +21,7 @@ from free GPU memory, and halves it on out-of-memory.
 
 Example:
     >>> import torch
-    >>> from torch import nn
+    >>> from torch import nn  # noqa: F401 - the examples use it
     >>> torch.manual_seed(0)                                    # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,23 @@ from torch import nn
 
 from audit.errors import InputError, SpecError
 from audit.subjects.classifier import InputSpaceModel
+from probes.robustness.checks import (
+    NORMS,
+    Norm,
+    check_budget,
+    check_inputs,
+    check_labels,
+    eval_mode,
+    looks_like_probabilities,
+    perturbation_norms,
+    resolve_model,
+)
 
 __all__ = [
+    "NORMS",
     "AttackResult",
     "InputSpaceModel",
+    "Norm",
     "NotDifferentiableError",
     "auto_batch_size",
     "check_inputs",
@@ -63,10 +76,6 @@ __all__ = [
     "run_batched",
 ]
 
-Norm = Literal["linf", "l2"]
-NORMS = ("linf", "l2")
-#: Outputs that are non-negative, at most 1 and sum to 1 per row within this are probabilities.
-_PROBABILITY_TOL = 1e-3
 
 
 class NotDifferentiableError(InputError):
@@ -95,119 +104,6 @@ class AttackResult:
     def cat(parts: list[AttackResult]) -> AttackResult:
         return AttackResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
                               ("x_adv", "logits", "success", "zero_grad", "nonfinite_grad")))
-
-
-# -- the model -------------------------------------------------------------------------------------
-def resolve_model(model: Any, input_range: tuple[float, float] | None = None
-                  ) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module | None, tuple[float, float]]:
-    """``(logits function, torch module or None, input range)`` for a module or a Classifier subject.
-
-    A :class:`~audit.subjects.Classifier` (anything with ``logits`` and ``input_range``) is called
-    through ``logits``; an :class:`InputSpaceModel` brings its own range; a bare module or callable
-    needs ``input_range``.
-
-    Raises:
-        SpecError: no input range is known, or it is not ``low < high``.
-    """
-    if callable(getattr(model, "logits", None)) and not isinstance(model, nn.Module):
-        fn, module = model.logits, getattr(model, "model", None)
-        own = getattr(model, "input_range", None)
-    else:
-        fn, module, own = model, model if isinstance(model, nn.Module) else None, getattr(model, "input_range", None)
-    rng = input_range if input_range is not None else own
-    if rng is None:
-        raise SpecError("the attack needs the model's input range, e.g. input_range=(0.0, 1.0)")
-    lo, hi = float(rng[0]), float(rng[1])
-    if not lo < hi:
-        raise SpecError(f"input_range must be (low, high) with low < high, got {rng!r}")
-    return fn, module if isinstance(module, nn.Module) else None, (lo, hi)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module | None) -> Iterator[None]:
-    """Put ``module`` in eval mode and restore every submodule's own train/eval flag afterwards.
-
-    Example:
-        >>> net = nn.Sequential(nn.Dropout(), nn.Linear(2, 2)).train()
-        >>> with eval_mode(net):
-        ...     net.training
-        False
-        >>> net.training
-        True
-    """
-    if module is None or not hasattr(module, "modules"):
-        yield
-        return
-    saved = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
-def check_inputs(x: torch.Tensor, input_range: tuple[float, float], *, what: str = "inputs") -> None:
-    """Raise :class:`InputError` when ``x`` is not finite or leaves ``input_range`` (one sync)."""
-    lo, hi = input_range
-    if not x.is_floating_point():
-        raise InputError(f"{what} must be floating point in {list(input_range)}, got dtype {x.dtype}")
-    if x.numel() == 0:
-        return
-    stats = torch.stack([x.amin().float(), x.amax().float(), torch.isfinite(x).all().float()]).tolist()
-    if stats[2] < 1:
-        raise InputError(f"{what} contain NaN or infinite values")
-    tol = 1e-6 * (hi - lo)
-    if stats[0] < lo - tol or stats[1] > hi + tol:
-        raise InputError(f"{what} lie in [{stats[0]:.4g}, {stats[1]:.4g}], outside the declared input range "
-                         f"[{lo:g}, {hi:g}]; scale them to the range or declare the range the model expects "
-                         "(subject.options.input_range)")
-
-
-def check_labels(y: torch.Tensor, num_classes: int, *, what: str = "labels") -> None:
-    """Raise :class:`InputError` when a label is not an integer class index in ``0..num_classes-1``."""
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
-        raise InputError(f"{what} must be a 1-D integer tensor of class indices, got {y.dtype} of shape {list(y.shape)}")
-    if y.numel() == 0:
-        return
-    lo, hi = torch.stack([y.min(), y.max()]).tolist()
-    if lo < 0 or hi >= num_classes:
-        raise InputError(f"{what} range over [{lo}, {hi}] but the classifier has {num_classes} classes "
-                         f"(expected 0..{num_classes - 1})")
-
-
-def looks_like_probabilities(out: torch.Tensor) -> bool:
-    """Whether a model's outputs look like probabilities (rows in [0, 1] summing to 1), not logits.
-
-    Cross-entropy on probabilities has tiny, saturating gradients: attacks through them are weak and
-    robust accuracy is overstated. Log-probabilities are fine (cross-entropy is the same).
-
-    Example:
-        >>> looks_like_probabilities(torch.softmax(torch.randn(4, 3), 1)), looks_like_probabilities(torch.randn(4, 3))
-        (True, False)
-    """
-    if out.ndim != 2 or out.numel() == 0 or out.shape[1] < 2:
-        return False
-    o = out.detach().float()
-    ok = (o.min() >= 0) & (o.max() <= 1) & ((o.sum(1) - 1).abs().max() <= _PROBABILITY_TOL)
-    return bool(ok)
-
-
-def perturbation_norms(delta: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-sample L-inf or L2 norm of ``delta`` [N, ...] (float32, [N])."""
-    flat = delta.detach().flatten(1).float()
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
-
-
-def _check_budget(eps: float, norm: str, input_range: tuple[float, float], dims: int) -> None:
-    if norm not in NORMS:
-        raise SpecError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    width = input_range[1] - input_range[0]
-    limit = width if norm == "linf" else width * math.sqrt(dims)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= limit:
-        what = "the input range's width" if norm == "linf" else "the input space's diameter (width * sqrt(dims))"
-        raise SpecError(f"eps={eps!r} is outside the input range: an {norm} budget must be in [0, {limit:g}] "
-                        f"({what}) for inputs in [{input_range[0]:g}, {input_range[1]:g}]")
 
 
 # -- the attacks -----------------------------------------------------------------------------------
@@ -273,17 +169,8 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
         True
     """
     fn, module, (lo, hi) = resolve_model(model, input_range)
-    _check_budget(eps, norm, (lo, hi), x[0].numel() if x.ndim else 1)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SpecError(f"steps must be an integer >= 1, got {steps!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise SpecError(f"restarts must be an integer >= 1, got {restarts!r}")
-    alpha = 2.5 * eps / steps if eps_step is None else eps_step
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        if eps == 0:
-            alpha = 0.0
-        else:
-            raise SpecError(f"eps_step (the PGD step, in input units) must be a positive number, got {eps_step!r}")
+    check_budget(eps, norm, (lo, hi), x[0].numel() if x.ndim else 1)
+    alpha = _pgd_step_length(eps, steps, restarts, eps_step)
     if x.shape[0] != y.shape[0]:
         raise InputError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
     check_inputs(x, (lo, hi))
@@ -314,21 +201,7 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
                          else per_sample_start(x, eps, norm, seed, r, sample_ids))
                 x_adv = (x_adv + noise).clamp_(lo, hi)
             for i in range(steps):
-                x_adv.requires_grad_(True)
-                with amp:
-                    logits = fn(x_adv)
-                if not logits.requires_grad:
-                    raise NotDifferentiableError(
-                        "the classifier's logits do not depend differentiably on its input (the output has no "
-                        "gradient: a torch.no_grad, .detach(), argmax or non-torch step inside the model?); "
-                        "gradient attacks cannot run on it")
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
-                if grad is None:
-                    raise NotDifferentiableError(
-                        "the classifier's logits do not depend on its input through autograd (its gradient "
-                        "with respect to the input is None: the input is detached inside the model)")
-                x_adv = x_adv.detach()
+                grad, x_adv = _loss_gradient(fn, x_adv, y, amp)
                 finite = torch.isfinite(grad)
                 nonfinite |= ~finite.flatten(1).all(1)
                 grad = torch.where(finite, grad, torch.zeros_like(grad))
@@ -348,6 +221,40 @@ def pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: Norm 
                 best_logits = torch.where(take[:, None], logits, best_logits)
                 best_success = best_success | success
     return AttackResult(best_x.detach(), best_logits.detach(), best_success, zero_grad, nonfinite)
+
+
+def _pgd_step_length(eps: float, steps: int, restarts: int, eps_step: float | None) -> float:
+    """The PGD step in input units, after checking ``steps``, ``restarts`` and ``eps_step``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SpecError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise SpecError(f"restarts must be an integer >= 1, got {restarts!r}")
+    alpha = 2.5 * eps / steps if eps_step is None else eps_step
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        if eps == 0:
+            return 0.0
+        raise SpecError(f"eps_step (the PGD step, in input units) must be a positive number, got {eps_step!r}")
+    return alpha
+
+
+def _loss_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x_adv: torch.Tensor, y: torch.Tensor,
+                   amp: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the summed cross-entropy at ``x_adv``, and ``x_adv`` detached."""
+    x_adv.requires_grad_(True)
+    with amp:
+        logits = fn(x_adv)
+    if not logits.requires_grad:
+        raise NotDifferentiableError(
+            "the classifier's logits do not depend differentiably on its input (the output has no "
+            "gradient: a torch.no_grad, .detach(), argmax or non-torch step inside the model?); "
+            "gradient attacks cannot run on it")
+    loss = F.cross_entropy(logits.float(), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x_adv, allow_unused=True)
+    if grad is None:
+        raise NotDifferentiableError(
+            "the classifier's logits do not depend on its input through autograd (its gradient "
+            "with respect to the input is None: the input is detached inside the model)")
+    return grad, x_adv.detach()
 
 
 def _step(x: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:

@@ -30,13 +30,13 @@ from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from probes.robustness.attacks import (
     AttackResult,
-    _check_budget,
     check_labels,
     fgsm,
     looks_like_probabilities,
     pgd,
     run_batched,
 )
+from probes.robustness.checks import check_budget
 from probes.robustness.classifier_findings import (
     FGSM_BEATS_PGD_MARGIN,
     MASKING_THRESHOLD,
@@ -130,12 +130,12 @@ class RobustnessClassifier:
         budgets = [parse_eps(e) for e in self.eps]
         for v, label in budgets:
             try:
-                _check_budget(v, self.norm, (lo, hi), dims)
+                check_budget(v, self.norm, (lo, hi), dims)
             except SpecError as exc:
                 raise SpecError(f"{self.id}: eps {label}: {exc}") from None
         sanity = self.sanity_eps if self.sanity_eps is not None else (
             (hi - lo) if self.norm == "linf" else (hi - lo) * math.sqrt(dims))
-        _check_budget(sanity, self.norm, (lo, hi), dims)
+        check_budget(sanity, self.norm, (lo, hi), dims)
         attacker = _Attacker(self, subject, ctx)
 
         clean_logits = attacker.clean_logits(x)

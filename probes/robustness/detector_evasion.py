@@ -29,7 +29,8 @@ from audit.errors import InputError, SpecError
 from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
-from probes.robustness.attacks import _check_budget, perturbation_norms, pgd, run_batched
+from probes.robustness.attacks import perturbation_norms, pgd, run_batched
+from probes.robustness.checks import check_budget
 from probes.robustness.classifier import check_threat_model, load_labelled_inputs, parse_eps
 
 __all__ = ["DetectorEvasion", "evasion_curve", "real_class_index"]
@@ -154,7 +155,7 @@ class DetectorEvasion:
         budgets = [parse_eps(e) for e in self.eps]
         for v, label in budgets:
             try:
-                _check_budget(v, self.norm, (lo, hi), x[0].numel())
+                check_budget(v, self.norm, (lo, hi), x[0].numel())
             except SpecError as exc:
                 raise SpecError(f"{self.id}: eps {label}: {exc}") from None
         curve = evasion_curve(
