@@ -23,7 +23,6 @@ Example (spec):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,29 +31,17 @@ from typing import Any, ClassVar
 import torch
 
 from audit.errors import InputError
-from audit.findings import Finding, Interval
+from audit.findings import Finding
 from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_images
 from audit.probe import ParamCheck, ProbeContext, register
-from audit.stats import wilson_interval
 from probes.quality.features import FeatureExtractor, build_extractor
-from probes.quality.image_functional import (
-    FeatureMoments,
-    bootstrap_fid,
-    bootstrap_inception_score,
-    bootstrap_kid,
-    frechet_distance,
-    inception_score,
-    kid,
-    percentile_interval,
-    precision_recall,
-)
+from probes.quality.image_functional import FeatureMoments
+from probes.quality.image_fidelity_findings import FID_MIN_SAMPLES, FidelityFindings  # noqa: F401 - FID_MIN_SAMPLES re-exported
 from probes.quality.stats_file import ReferenceStats, check_compatible, load_stats
 from probes.sharding import first_size, merge_read_logs, torch_latent_shard
 
 __all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder"]
 
-#: Below this many samples FID is noticeably biased upwards (Chong & Forsyth, 2020).
-FID_MIN_SAMPLES = 2048
 _METRICS = ("fid", "kid", "inception_score", "precision", "recall")
 _OOM = (torch.cuda.OutOfMemoryError,)
 
@@ -274,113 +261,7 @@ class ImageFidelity:
     # -- findings --------------------------------------------------------------------------------
     def _findings(self, fx: FeatureExtractor, fake: Collected, real: Collected | None,
                   stats: ReferenceStats | None, ctx: ProbeContext, ref_path: Path) -> list[Finding]:
-        n_fake = fake.n
-        real_mean = stats.mean.to(fx.device) if stats is not None else real.moments.mean
-        real_cov = stats.cov.to(fx.device) if stats is not None else real.moments.cov
-        n_real = stats.n if stats is not None else real.n
-        real_feats = (stats.features.to(fx.device) if stats is not None and stats.features is not None
-                      else (real.features if real is not None else None))
-        fake_feats = fake.features
-
-        common_warn = fake.log.warnings("generated") + (real.log.warnings("reference") if real else [])
-        if fx.name != "inception-v3-fid":
-            common_warn.insert(0, f"features of {fx.name}, not the standard FID Inception network: the values "
-                                  "compare models under this extractor only, not with published FIDs")
-        evidence = {
-            "n_generated": n_fake, "n_reference": n_real,
-            "reference": str(ref_path) + (" (statistics file)" if stats is not None else ""),
-            "extractor": {**fx.describe(), "dim": int(fake_feats.shape[1]) if fake_feats.numel() else fx.dim},
-            "generated_images": fake.log.as_evidence(),
-            **({"reference_images": real.log.as_evidence()} if real is not None else {}),
-            **({"reference_stats_meta": {k: v for k, v in stats.meta.items() if k != "extractor"}}
-               if stats is not None else {}),
-        }
-        findings: list[Finding] = []
-
-        def add(metric: str, value: float, hib: bool, ci: Interval | None, n: int, warns: list[str],
-                extra: dict[str, Any] | None = None) -> None:
-            # The first finding carries the full record (extractor, read logs); the others the counts.
-            base = evidence if not findings else {"n_generated": n_fake, "n_reference": n_real}
-            findings.append(Finding(probe=self.id, metric=metric, value=value, higher_is_better=hib, ci=ci, n=n,
-                                    warnings=tuple(common_warn + warns), evidence={**base, **(extra or {})}))
-
-        conf = self.confidence
-        method = f"bootstrap-bias-corrected-{round(conf * 100, 2):g}"
-
-        if "fid" in self.metrics:
-            warns = []
-            if min(n_fake, n_real) < FID_MIN_SAMPLES:
-                warns.append(f"n={min(n_fake, n_real)} < {FID_MIN_SAMPLES}: FID is biased upwards at small n; "
-                             "compare FIDs only at equal sample counts")
-            fid = frechet_distance(real_mean, real_cov, fake.moments.mean, fake.moments.cov)
-            boot = bootstrap_fid(fake_feats, real=real_feats if stats is None else None,
-                                 real_mean=real_mean, real_cov=real_cov, n_resamples=self.n_resamples,
-                                 generator=ctx.rng("fid-bootstrap"))
-            if fake_feats.shape[0] < n_fake or (real_feats is not None and stats is None
-                                                and real_feats.shape[0] < n_real):
-                warns.append(f"the interval resamples the first {self.max_features} features per side")
-            if stats is not None:
-                warns.append("reference from a statistics file: the interval holds the reference fixed")
-            fid_v = float(fid)
-            ci = _bias_corrected(fid_v, boot, conf, method)
-            if ci is not None and ci.low < 0:
-                ci = Interval(0.0, ci.high, ci.method)  # a distance is never negative
-            add("fid", fid_v, False, ci, n_fake, warns)
-
-        if "kid" in self.metrics:
-            if real_feats is None:
-                add("kid", math.nan, False, None, n_fake,
-                    [f"the statistics file {ref_path.name} holds no features: KID needs them (rebuild it "
-                     "with `genai-audit stats build --max-features N`)"])
-            else:
-                m = min(self.kid_subset_size, real_feats.shape[0], fake_feats.shape[0])
-                warns = ([f"kid_subset_size {self.kid_subset_size} clamped to {m} (the smaller set)"]
-                         if m < self.kid_subset_size else [])
-                mean, std, per = kid(real_feats, fake_feats, subsets=self.kid_subsets, subset_size=m,
-                                     generator=ctx.rng("kid-subsets"))
-                full = bootstrap_kid(real_feats, fake_feats, n_resamples=self.n_resamples,
-                                     generator=ctx.rng("kid-bootstrap"),
-                                     max_samples=min(4096, self.max_features))
-                # The spread of the full-sample MMD² (the quantity the subsets estimate), centred on KID.
-                ci = _bias_corrected(float(mean), full, conf, method)
-                add("kid", float(mean), False, ci, n_fake, warns,
-                    {"kid_subset_std": float(std), "subsets": self.kid_subsets, "subset_size": m,
-                     "degree": 3, "coef": 1.0, "gamma": "1/dim"})
-
-        if "inception_score" in self.metrics:
-            if fake.logits is None:
-                add("inception_score", math.nan, True, None, n_fake,
-                    [f"the feature extractor {fx.name} has no class logits: no Inception Score"])
-            else:
-                splits = max(1, min(self.is_splits, fake.logits.shape[0] // 2))
-                s, sd, _ = inception_score(fake.logits, splits=splits)
-                boot = bootstrap_inception_score(fake.logits, splits=splits, n_resamples=self.n_resamples,
-                                                 generator=ctx.rng("is-bootstrap"))
-                iv = percentile_interval(boot, conf)
-                ci = Interval(iv[0], iv[1], f"bootstrap-percentile-{round(conf * 100, 2):g}") if iv else None
-                warns = ([f"Inception Score from the logits of {fx.name}, not the Inception network: "
-                          "comparable only with the same extractor"] if fx.name != "inception-v3-fid" else [])
-                add("inception_score", float(s), True, ci, n_fake, warns,
-                    {"split_std": float(sd), "splits": splits})
-
-        if "precision" in self.metrics or "recall" in self.metrics:
-            if real_feats is None:
-                for metric in ("precision", "recall"):
-                    if metric in self.metrics:
-                        add(metric, math.nan, True, None, n_fake,
-                            [f"the statistics file {ref_path.name} holds no features: {metric} needs them"])
-            else:
-                k = min(self.pr_k, real_feats.shape[0] - 1, fake_feats.shape[0] - 1)
-                warns = [f"pr_k {self.pr_k} clamped to {k}"] if k < self.pr_k else []
-                p, r, in_real, in_fake = precision_recall(real_feats, fake_feats, k=k)
-                hits_p, hits_r = int(in_real.sum()), int(in_fake.sum())
-                if "precision" in self.metrics:
-                    add("precision", float(p), True, wilson_interval(hits_p, in_real.numel(), confidence=conf),
-                        in_real.numel(), warns, {"k": k, "inside": hits_p})
-                if "recall" in self.metrics:
-                    add("recall", float(r), True, wilson_interval(hits_r, in_fake.numel(), confidence=conf),
-                        in_fake.numel(), warns, {"k": k, "inside": hits_r})
-        return findings
+        return FidelityFindings(self, fx, fake, real, stats, ctx, ref_path).all()
 
 
 # -- sharded collection (torchrun) ----------------------------------------------------------------
@@ -497,20 +378,3 @@ def _reduce(ctx: ProbeContext, fx: FeatureExtractor, col: Collected, keep: int) 
         lg = col.logits if col.logits is not None else torch.zeros(0, width, device=device)
         logits = d.gather_tensor(lg, range(offset, offset + lg.shape[0]))
     return Collected(moments, features, logits, merge_read_logs([i["log"] for i in infos]))
-
-
-def _bias_corrected(value: float, boot: torch.Tensor, confidence: float, method: str) -> Interval | None:
-    """The percentile bootstrap interval shifted by the bootstrap's bias estimate:
-    ``[v - (mean_b - q_lo), v + (q_hi - mean_b)]``.
-
-    FID (and the MMD² U-statistic over a resample with duplicates) of a bootstrap resample
-    is biased upwards, so the plain percentile interval sits above the estimate, and the
-    "basic" interval ``[2v - q_hi, 2v - q_lo]`` can exclude it when the bias exceeds the
-    spread. Removing the estimated bias keeps the spread and centres it on the estimate.
-    """
-    iv = percentile_interval(boot, confidence)
-    v = boot[torch.isfinite(boot)]
-    if iv is None or not math.isfinite(value) or v.numel() < 2:
-        return None
-    centre = float(v.mean())
-    return Interval(value - (centre - iv[0]), value + (iv[1] - centre), method)
