@@ -7,6 +7,7 @@ Report text is untrusted: cells escape Markdown and HTML punctuation and turn ne
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from audit.findings import AuditReport, Finding
 from audit.render.format import (
@@ -77,17 +78,29 @@ def render_markdown(report: AuditReport, *, max_findings: int = 60) -> str:
         >>> render_markdown(r).splitlines()[0]
         '### genai-audit: PASSED · demo'
     """
-    lines: list[str] = []
-    status = report.status
-    gates = report.gates
-    probes = report.probes
+    crashed = [(pid, p) for pid, p in report.probes.items() if p.status == "failed"]
+    skipped = [(pid, p) for pid, p in report.probes.items() if p.status == "skipped"]
+    lines = _headline(report, crashed, skipped)
+    lines += _gates(report)
+    lines += _findings(report, max_findings)
+    if crashed:
+        lines += ["", "#### Failed probes", ""]
+        for pid, p in crashed:
+            lines.append(f"- {code_span(pid)}: {escape_cell(first_line(p.error) or 'no error recorded')}")
+    if skipped:
+        lines += ["", "#### Skipped probes", ""]
+        for pid, p in skipped:
+            lines.append(f"- {code_span(pid)}: {escape_cell(p.reason or 'no reason recorded')}")
+    lines += _footprint(report)
+    lines += ["", f"<sub>genai-audit report schema {escape_cell(report.schema_version)}</sub>", ""]
+    return "\n".join(lines)
+
+
+def _headline(report: AuditReport, crashed: list[Any], skipped: list[Any]) -> list[str]:
+    gates, probes = report.gates, report.probes
     n_failed_gates = sum(g.status == "failed" for g in gates)
     n_skipped_gates = sum(g.status == "skipped" for g in gates)
-    crashed = [(pid, p) for pid, p in probes.items() if p.status == "failed"]
-    skipped = [(pid, p) for pid, p in probes.items() if p.status == "skipped"]
-
-    lines.append(f"### genai-audit: {status.upper()} · {escape_cell(report.name)}")
-    lines.append("")
+    lines = [f"### genai-audit: {report.status.upper()} · {escape_cell(report.name)}", ""]
     summary = [f"{n_failed_gates} of {len(gates)} gate{'s' if len(gates) != 1 else ''} failed"]
     if n_skipped_gates:
         summary[-1] += f" ({n_skipped_gates} skipped)"
@@ -99,65 +112,51 @@ def render_markdown(report: AuditReport, *, max_findings: int = 60) -> str:
     summary.append(f"subject {escape_cell(subj.name)} ({ident})")
     summary.append(f"run {code_span(report.run_id[:12])} at {escape_cell(report.created_at)}")
     lines.append(" · ".join(summary))
+    return lines
 
-    lines += ["", "#### Gates", ""]
-    if gates:
-        lines.append(_row("Status", "Gate", "Value", "Bound", "Message"))
-        lines.append(_row("---", "---", "---:", "---:", "---"))
-        for g in gates:
-            label = gate_label(g)
-            gate_cell = escape_cell(label) if label != g.metric else ""
-            gate_cell += ("<br>" if gate_cell else "") + code_span(g.metric)
-            lines.append(
-                _row(
-                    _status_word(g.status),
-                    gate_cell,
-                    escape_cell(format_number(g.value)),
-                    escape_cell(describe_bound(g)),
-                    escape_cell(g.message),
-                )
-            )
-    else:
-        lines.append("No gates in this audit.")
 
-    lines += ["", "#### Findings", ""]
+def _gates(report: AuditReport) -> list[str]:
+    lines = ["", "#### Gates", ""]
+    if not report.gates:
+        return lines + ["No gates in this audit."]
+    lines.append(_row("Status", "Gate", "Value", "Bound", "Message"))
+    lines.append(_row("---", "---", "---:", "---:", "---"))
+    for g in report.gates:
+        label = gate_label(g)
+        gate_cell = escape_cell(label) if label != g.metric else ""
+        gate_cell += ("<br>" if gate_cell else "") + code_span(g.metric)
+        lines.append(_row(_status_word(g.status), gate_cell, escape_cell(format_number(g.value)),
+                          escape_cell(describe_bound(g)), escape_cell(g.message)))
+    return lines
+
+
+def _findings(report: AuditReport, max_findings: int) -> list[str]:
+    lines = ["", "#### Findings", ""]
     findings = report.findings
-    if findings:
-        lines.append(_row("Finding", "Value", "Interval", "n", "Slice", "Warnings"))
-        lines.append(_row("---", "---:", "---:", "---:", "---", "---"))
-        for f in findings[:max_findings]:
-            lines.append(_finding_row(f))
-        if len(findings) > max_findings:
-            lines.append("")
-            lines.append(f"… and {len(findings) - max_findings} more findings in the HTML report.")
-    else:
-        lines.append("No findings.")
+    if not findings:
+        return lines + ["No findings."]
+    lines.append(_row("Finding", "Value", "Interval", "n", "Slice", "Warnings"))
+    lines.append(_row("---", "---:", "---:", "---:", "---", "---"))
+    lines += [_finding_row(f) for f in findings[:max_findings]]
+    if len(findings) > max_findings:
+        lines += ["", f"… and {len(findings) - max_findings} more findings in the HTML report."]
+    return lines
 
-    if crashed:
-        lines += ["", "#### Failed probes", ""]
-        for pid, p in crashed:
-            lines.append(f"- {code_span(pid)}: {escape_cell(first_line(p.error) or 'no error recorded')}")
-    if skipped:
-        lines += ["", "#### Skipped probes", ""]
-        for pid, p in skipped:
-            lines.append(f"- {code_span(pid)}: {escape_cell(p.reason or 'no reason recorded')}")
 
-    timed = [(pid, p) for pid, p in probes.items() if p.status != "skipped" and p.wall_s is not None]
-    if timed:
-        lines += ["", "#### Footprint", ""]
-        lines.append(_row("Probe", "Wall time", "Energy"))
-        lines.append(_row("---", "---:", "---"))
-        for pid, p in timed:
-            lines.append(_row(code_span(pid), f"{p.wall_s:.1f} s", escape_cell(format_energy(p.energy))))
-        total_s = report.timings.get("total_s")
-        lines.append(_row("**audit**", "—" if total_s is None else f"{total_s:.1f} s",
-                          escape_cell(format_energy(report.energy))))
-        emissions = format_emissions(report.energy)
-        if emissions:
-            lines += ["", f"Emissions: {escape_cell(emissions)}"]
-
-    lines += ["", f"<sub>genai-audit report schema {escape_cell(report.schema_version)}</sub>", ""]
-    return "\n".join(lines)
+def _footprint(report: AuditReport) -> list[str]:
+    timed = [(pid, p) for pid, p in report.probes.items() if p.status != "skipped" and p.wall_s is not None]
+    if not timed:
+        return []
+    lines = ["", "#### Footprint", "", _row("Probe", "Wall time", "Energy"), _row("---", "---:", "---")]
+    for pid, p in timed:
+        lines.append(_row(code_span(pid), f"{p.wall_s:.1f} s", escape_cell(format_energy(p.energy))))
+    total_s = report.timings.get("total_s")
+    lines.append(_row("**audit**", "—" if total_s is None else f"{total_s:.1f} s",
+                      escape_cell(format_energy(report.energy))))
+    emissions = format_emissions(report.energy)
+    if emissions:
+        lines += ["", f"Emissions: {escape_cell(emissions)}"]
+    return lines
 
 
 def _finding_row(f: Finding) -> str:
