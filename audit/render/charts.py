@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from audit.curves import confusion_matrix_of, curves_of
 from audit.findings import Finding
-from audit.render import format_interval, format_number, format_value, slice_label
+from audit.render.format import format_interval, format_number, format_value, slice_label
 from audit.render.svg import histogram, interval_panels, line_chart
 
 __all__ = ["MAX_CHARTS_PER_PROBE", "Chart", "confusion_tables", "probe_charts", "worst_slices"]

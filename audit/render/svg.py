@@ -36,7 +36,7 @@ def _num(x: float) -> str:
 
 
 def _fmt(v: float) -> str:
-    from audit.render import format_number
+    from audit.render.format import format_number
 
     return format_number(v, digits=3)
 
