@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from audit.findings import AuditReport, Finding
-from audit.render import (
+from audit.render.format import (
     describe_bound,
     direction_arrow,
     findings_by_probe,

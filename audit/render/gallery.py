@@ -41,6 +41,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from audit.findings import AuditReport, Finding
+from audit.render.sections import Section, register_section
 
 __all__ = ["GalleryImage", "GallerySection", "gallery_html", "images_from", "read_galleries", "read_png"]
 
@@ -209,16 +210,8 @@ def images_from(base_dir: str | os.PathLike[str] | None) -> Iterator[None]:
 
 
 def _section_hook(probe_id: str, findings: list[Finding], report: AuditReport) -> list[Any]:
-    from audit.render.html import Section
-
     html = gallery_html(findings, _BASE_DIR.get())
     return [Section("Images and samples", html)] if html else []
 
 
-def _register() -> None:
-    from audit.render.html import register_section
-
-    register_section(_section_hook)
-
-
-_register()
+register_section(_section_hook)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -40,6 +39,7 @@ from audit.render.format import (
 )
 
 from audit.render.charts import MAX_CHARTS_PER_PROBE, confusion_tables, probe_charts, worst_slices
+from audit.render.sections import SECTION_HOOKS, Section, SectionHook, register_section  # noqa: F401 - re-exported
 
 __all__ = ["MAX_CHARTS_PER_PROBE", "Section", "register_section", "render_html"]
 
@@ -47,26 +47,9 @@ _EVIDENCE_PREVIEW_CHARS = 2000
 _DRAWN_EVIDENCE = ("curve", "curves", "per_document", "values", "confusion_matrix")
 
 
-@dataclass(frozen=True)
-class Section:
-    """An extra part of one probe's section: a title and its HTML, inserted as is when it is a
-    ``markupsafe.Markup`` (build it with ``Markup(...).format(...)``, which escapes the values),
-    escaped like any other text when it is a plain ``str``."""
-
-    title: str
-    html: Markup | str
-
-
-SectionHook = Callable[[str, list[Finding], AuditReport], list[Section]]
-_SECTION_HOOKS: list[SectionHook] = []
-
-
-def register_section(hook: SectionHook) -> SectionHook:
-    """Add ``hook(probe_id, findings, report) -> list[Section]`` to every probe's section
-    (usable as a decorator; registering the same function twice adds it once)."""
-    if hook not in _SECTION_HOOKS:
-        _SECTION_HOOKS.append(hook)
-    return hook
+# The registry of extra sections lives in audit/render/sections.py (no renderer imports), so that
+# section providers such as audit/render/gallery.py need not import this module.
+_SECTION_HOOKS = SECTION_HOOKS
 
 
 def render_html(report: AuditReport) -> str:
