@@ -8,6 +8,7 @@ probes does not import torch-heavy modules. Third-party packages add probes thro
 BUILTIN_PROBES: dict[str, str] = {
     "quality.perplexity": "probes.quality.perplexity:Perplexity",
     "quality.image_fidelity": "probes.quality.image_fidelity:ImageFidelity",
+    "quality.sliced_wasserstein": "probes.quality.swd:SlicedWasserstein",
     "quality.clip_score": "probes.quality.clip_score:ClipScore",
     "quality.text_diversity": "probes.quality.text_diversity:TextDiversity",
     "deepfake.text_detectability": "probes.deepfake.text_detectability:TextDetectability",

@@ -33,6 +33,7 @@ FAKES = {
     "quality.perplexity": _perplexity_inputs,
     "quality.image_fidelity": image_fakes.image_fidelity_inputs,
     "quality.clip_score": image_fakes.clip_score_inputs,
+    "quality.sliced_wasserstein": image_fakes.sliced_wasserstein_inputs,
     "robustness.classifier": robustness_support.classifier_contract_inputs,
     "robustness.detector_evasion": robustness_support.detector_contract_inputs,
     "robustness.text_embedding": robustness_support.text_embedding_contract_inputs,
