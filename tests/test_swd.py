@@ -212,3 +212,20 @@ def test_bad_input(tmp_path):
     ctx = ProbeContext(device="cpu", seed=0, data={"reference": stats}, probe_id="quality.sliced_wasserstein")
     with pytest.raises(InputError, match="must be a folder of images"):
         probe.run(object(), ctx)
+
+
+def test_resorted_equals_sorting_the_resample():
+    from probes.quality.swd_functional import resorted, sorted_wasserstein
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    s = x.sort(dim=1)
+    idx = torch.randint(0, 50, (50,), generator=g)
+    counts = torch.bincount(idx, minlength=50)
+    assert torch.equal(resorted(s.values, s.indices, counts), x[:, idx].sort(dim=1).values)
+    # Unequal sizes: the quantile integral equals POT's 1-D Wasserstein (scipy's for p=1).
+    from scipy.stats import wasserstein_distance
+
+    a, b = torch.randn(1, 37, generator=g, dtype=torch.float64), torch.randn(1, 20, generator=g, dtype=torch.float64)
+    got = float(sorted_wasserstein(a.sort(dim=1).values, b.sort(dim=1).values, p=1)[0])
+    assert got == pytest.approx(wasserstein_distance(a[0].numpy(), b[0].numpy()), rel=1e-12)

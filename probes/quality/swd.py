@@ -40,10 +40,11 @@ from probes.quality.swd_functional import (
     laplacian_pyramid,
     normalize_descriptors,
     patch_descriptors,
-    projected_wasserstein,
     pyramid_levels,
     random_directions,
+    resorted,
     sliced_wasserstein,
+    sorted_wasserstein,
 )
 
 __all__ = ["SlicedWasserstein"]
@@ -161,8 +162,11 @@ class SlicedWasserstein:
         self._check_counts(a.shape[0], b.shape[0], fake.log.n_skipped, ref_path)
         dirs = random_directions(a.shape[1], self.n_directions * self.n_repeats, generator=ctx.rng("directions"))
         value = float(sliced_wasserstein(a, b, dirs, p=self.p))
-        boot = self._bootstrap(lambda ia, ib: float(sliced_wasserstein(a[ia], b[ib], dirs, p=self.p)),
-                               a.shape[0], b.shape[0], ctx)
+        sa, sb = _sorted(a, dirs), _sorted(b, dirs)
+        na, nb = a.shape[0], b.shape[0]
+        boot = self._bootstrap(lambda ia, ib: _w(sa, sb, torch.bincount(ia, minlength=na),
+                                                 torch.bincount(ib, minlength=nb), self.p) ** (1 / self.p),
+                               na, nb, ctx)
         warns = []
         if fx.name != "inception-v3-fid":
             warns.append(f"features of {fx.name}: the value compares models under this extractor only")
@@ -215,18 +219,13 @@ class SlicedWasserstein:
         gd = ctx.rng("directions")
         dirs = [random_directions(dim, self.n_directions, generator=gd) for _ in range(self.n_repeats)]
 
-        # Projections once per level and repeat ([M, K] each); a resample picks rows of them.
-        proj = [[(da @ d.T, db @ d.T) for d in dirs] for da, db in pairs]
+        # Sorted projections once per level and repeat; a resample re-weights them (no new sort).
+        proj = [[(_sorted(da, d), _sorted(db, d)) for d in dirs] for da, db in pairs]
 
         def per_level(ia: torch.Tensor | None, ib: torch.Tensor | None) -> list[float]:
-            out = []
-            for level in proj:
-                tot = 0.0
-                for pa, pb in level:
-                    tot += float(projected_wasserstein(pa if ia is None else pa[rows(ia)],
-                                                       pb if ib is None else pb[rows(ib)]))
-                out.append(1e3 * tot / len(level))
-            return out
+            ca = None if ia is None else torch.bincount(ia, minlength=n).repeat_interleave(pp)
+            cb = None if ib is None else torch.bincount(ib, minlength=n).repeat_interleave(pp)
+            return [1e3 * sum(_w(a, b, ca, cb, 1) for a, b in level) / len(level) for level in proj]
 
         values = per_level(None, None)
         boots = torch.tensor([per_level(ia, ib) for ia, ib in self._resamples(n, n, ctx)],
@@ -304,6 +303,21 @@ class SlicedWasserstein:
         centre = float(boot[torch.isfinite(boot)].mean())
         lo, hi = value - (centre - iv[0]), value + (iv[1] - centre)
         return Interval(max(0.0, lo), hi, f"bootstrap-bias-corrected-{round(self.confidence * 100, 2):g}")
+
+
+def _sorted(x: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projections of ``x`` ([n, D]) on ``dirs`` ([K, D]), sorted per direction: values, order ([K, n])."""
+    proj = (x.double() @ dirs.to(device=x.device, dtype=torch.float64).T).T.contiguous()
+    out = proj.sort(dim=1)
+    return out.values, out.indices
+
+
+def _w(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], ca: torch.Tensor | None,
+       cb: torch.Tensor | None, p: int) -> float:
+    """Mean over directions of W_p^p, from sorted projections; ``ca``/``cb``: bootstrap counts per row."""
+    xa = a[0] if ca is None else resorted(a[0], a[1], ca)
+    xb = b[0] if cb is None else resorted(b[0], b[1], cb)
+    return float(sorted_wasserstein(xa, xb, p=p).mean())
 
 
 class _Descriptors:

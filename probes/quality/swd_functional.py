@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BINOMIAL_5", "laplacian_pyramid", "reconstruct_pyramid", "pyr_down", "pyr_up",
-           "random_directions", "sliced_wasserstein", "projected_wasserstein", "patch_descriptors", "normalize_descriptors",
+           "random_directions", "sliced_wasserstein", "projected_wasserstein",
+           "sorted_wasserstein", "resorted", "patch_descriptors", "normalize_descriptors",
            "pyramid_levels"]
 
 #: The 5-tap binomial (Gaussian) filter of the pyramid, as in OpenCV's pyrDown.
@@ -150,13 +151,44 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: torch.Tenso
 def projected_wasserstein(pa: torch.Tensor, pb: torch.Tensor, *, p: int = 1, weights_a: torch.Tensor | None = None,
                           weights_b: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`sliced_wasserstein` from the projections themselves ([n, K] and [m, K], one column
-    per direction), so that a bootstrap can resample rows without projecting again."""
-    if weights_a is None and weights_b is None and pa.shape[0] == pb.shape[0]:
-        diff = (pa.sort(dim=0).values - pb.sort(dim=0).values).abs()
-        return diff.pow(p).mean(dim=0).mean().pow(1.0 / p)
+    per direction)."""
+    if weights_a is None and weights_b is None:
+        sa = pa.T.contiguous().sort(dim=1).values  # [K, n]: a contiguous sort per direction
+        sb = pb.T.contiguous().sort(dim=1).values
+        return sorted_wasserstein(sa, sb, p=p).mean().pow(1.0 / p)
     wa = _weights(weights_a, pa.shape[0], pa)
     wb = _weights(weights_b, pb.shape[0], pb)
     return _quantile_wasserstein(pa, pb, wa, wb, p).mean().pow(1.0 / p)
+
+
+def sorted_wasserstein(sa: torch.Tensor, sb: torch.Tensor, *, p: int = 1) -> torch.Tensor:
+    """W_p^p per row of two uniformly weighted 1-D samples given sorted ([K, n] and [K, m]).
+
+    Equal sizes pair the order statistics; unequal sizes integrate the two quantile functions
+    over the union of their steps ``i/n`` and ``j/m`` (the same for every row)."""
+    n, m = sa.shape[1], sb.shape[1]
+    if n == m:
+        return (sa - sb).abs().pow(p).mean(dim=1)
+    qs = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n,
+                    torch.arange(1, m + 1, dtype=torch.float64) / m]).sort().values
+    prev = torch.cat([qs.new_zeros(1), qs[:-1]])
+    mid, delta = (qs + prev) / 2, qs - prev
+    ja = (mid * n).floor().long().clamp(max=n - 1).to(sa.device)
+    jb = (mid * m).floor().long().clamp(max=m - 1).to(sb.device)
+    return ((sa[:, ja] - sb[:, jb]).abs().pow(p) * delta.to(sa)).sum(dim=1)
+
+
+def resorted(sorted_vals: torch.Tensor, order: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The sorted values of a bootstrap resample without sorting again.
+
+    ``sorted_vals`` and ``order`` ([K, n]) are a row-wise sort of the sample and its
+    permutation; ``counts`` ([n], summing to n) how often the resample draws each point. The
+    resample's sorted row repeats each sorted value as often as its point was drawn."""
+    k, n = sorted_vals.shape
+    if int(counts.sum()) != n:
+        raise ValueError(f"bootstrap counts sum to {int(counts.sum())}, expected the sample size {n}")
+    reps = counts.to(sorted_vals.device)[order].reshape(-1)  # every row's counts sum to n
+    return sorted_vals.reshape(-1).repeat_interleave(reps).view(k, n)
 
 
 def _weights(w: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.Tensor:
