@@ -21,6 +21,7 @@ BUILTIN_PROBES: dict[str, str] = {
     "bias.counterfactual_generation": "probes.bias.counterfactual:CounterfactualGeneration",
     "bias.t2i_representation": "probes.bias.t2i_representation:T2IRepresentation",
     "bias.embedding_association": "probes.bias.embedding_association:EmbeddingAssociation",
+    "human.ratings": "probes.human.ratings:HumanRatings",
     "energy.inference": "probes.energy.inference:InferenceEnergy",
     "privacy.image_replication": "probes.privacy.image_replication:ImageReplication",
     "quality.visual_inspection": "probes.quality.visual_inspection:VisualInspection",
