@@ -209,27 +209,31 @@ class SlicedWasserstein:
         keep_b = torch.randperm(real.n, generator=g)[:n].sort().values
         pp = self.patches_per_image
         rows = lambda keep: (keep[:, None] * pp + torch.arange(pp)[None, :]).reshape(-1)  # noqa: E731
-        levels_a = [d[rows(keep_a)] for d in fake.levels()]
-        levels_b = [d[rows(keep_b)] for d in real.levels()]
-        if self.normalize == "joint":
-            pairs = [normalize_descriptors(da, db) for da, db in zip(levels_a, levels_b)]
-        else:
-            pairs = [(normalize_descriptors(da)[0], normalize_descriptors(db)[0]) for da, db in zip(levels_a, levels_b)]
-        dim = pairs[0][0].shape[1]
+        levels = list(zip(fake.levels(), real.levels()))
+
+        def normalized(lv: int) -> tuple[torch.Tensor, torch.Tensor]:  # one level at a time (memory)
+            da, db = levels[lv][0][rows(keep_a)], levels[lv][1][rows(keep_b)]
+            if self.normalize == "joint":
+                return tuple(normalize_descriptors(da, db))  # type: ignore[return-value]
+            return normalize_descriptors(da)[0], normalize_descriptors(db)[0]
+
+        dim = fake.channels * self.patch_size ** 2
         gd = ctx.rng("directions")
         dirs = [random_directions(dim, self.n_directions, generator=gd) for _ in range(self.n_repeats)]
 
-        # Sorted projections once per level and repeat; a resample re-weights them (no new sort).
-        proj = [[(_sorted(da, d), _sorted(db, d)) for d in dirs] for da, db in pairs]
-
-        def per_level(ia: torch.Tensor | None, ib: torch.Tensor | None) -> list[float]:
-            ca = None if ia is None else torch.bincount(ia, minlength=n).repeat_interleave(pp)
-            cb = None if ib is None else torch.bincount(ib, minlength=n).repeat_interleave(pp)
-            return [1e3 * sum(_w(a, b, ca, cb, 1) for a, b in level) / len(level) for level in proj]
-
-        values = per_level(None, None)
-        boots = torch.tensor([per_level(ia, ib) for ia, ib in self._resamples(n, n, ctx)],
-                             dtype=torch.float64).reshape(-1, len(values))
+        # One level and repeat at a time (memory: one pair of sorted projections): the value and
+        # every resample's, the resamples re-weighting the sorted projections (no new sort).
+        counts = [(torch.bincount(ia, minlength=n).repeat_interleave(pp),
+                   torch.bincount(ib, minlength=n).repeat_interleave(pp)) for ia, ib in self._resamples(n, n, ctx)]
+        values = [0.0] * len(levels)
+        boots = torch.zeros(len(counts), len(levels), dtype=torch.float64)
+        for lv in range(len(levels)):
+            da, db = normalized(lv)
+            for d in dirs:
+                a, b = _sorted(da, d), _sorted(db, d)
+                values[lv] += 1e3 * _w(a, b, None, None, 1) / len(dirs)
+                for r, (ca, cb) in enumerate(counts):
+                    boots[r, lv] += 1e3 * _w(a, b, ca, cb, 1) / len(dirs)
         return self._pyramid_findings(values, boots, fake, real, fake_log, real_log, n, ref_path)
 
     def _pyramid_findings(self, values: list[float], boots: torch.Tensor, fake: Any, real: Any, fake_log: Any,
