@@ -154,3 +154,13 @@ def test_rate_refuses_what_has_no_images(tmp_path):
         build_items("2afc", [("g", b"", "")], [])
     with pytest.raises(InputError, match="question: prompt needs a text-to-image"):
         build_items("likert", [("g", b"", "")], [], question="prompt")
+
+
+def test_hostile_prompt_text_stays_data(tmp_path):
+    from audit.render.rating import build_items, write_rating_page
+
+    hostile = "</script><script>alert(1)</script>"
+    items = build_items("likert", [("g", b"\x89PNG", hostile)], [], question="prompt")
+    page = write_rating_page(items, tmp_path / "r", title="<b>t</b>")["page"].read_text()
+    assert "</script><script>alert(1)" not in page and "<b>t</b>" not in page
+    assert "<\\/script><script>alert(1)<\\/script>" in page  # inside the JSON config, shown via textContent
