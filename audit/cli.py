@@ -361,7 +361,7 @@ def schema() -> None:
 
 #: Commands that live beside the core ("module:attr" of a click command), added when their
 #: module is installed. The dashboard, for one, never imports the probes.
-OPTIONAL_COMMANDS: tuple[str, ...] = ("dashboard.cli:dashboard", "probes.quality.cli:stats")
+OPTIONAL_COMMANDS: tuple[str, ...] = ("dashboard.cli:dashboard", "probes.quality.cli:stats", "probes.human.cli:rate")
 
 
 def _add_optional_commands() -> None:

@@ -8,6 +8,7 @@ probes does not import torch-heavy modules. Third-party packages add probes thro
 BUILTIN_PROBES: dict[str, str] = {
     "quality.perplexity": "probes.quality.perplexity:Perplexity",
     "quality.image_fidelity": "probes.quality.image_fidelity:ImageFidelity",
+    "quality.sliced_wasserstein": "probes.quality.swd:SlicedWasserstein",
     "quality.clip_score": "probes.quality.clip_score:ClipScore",
     "quality.text_diversity": "probes.quality.text_diversity:TextDiversity",
     "deepfake.text_detectability": "probes.deepfake.text_detectability:TextDetectability",
@@ -20,6 +21,7 @@ BUILTIN_PROBES: dict[str, str] = {
     "bias.counterfactual_generation": "probes.bias.counterfactual:CounterfactualGeneration",
     "bias.t2i_representation": "probes.bias.t2i_representation:T2IRepresentation",
     "bias.embedding_association": "probes.bias.embedding_association:EmbeddingAssociation",
+    "human.ratings": "probes.human.ratings:HumanRatings",
     "energy.inference": "probes.energy.inference:InferenceEnergy",
     "privacy.image_replication": "probes.privacy.image_replication:ImageReplication",
     "quality.visual_inspection": "probes.quality.visual_inspection:VisualInspection",

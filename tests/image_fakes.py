@@ -119,3 +119,16 @@ def clip_score_inputs(tmp_path):
     subject = load_subject(SubjectSpec(kind="image-generator", source="folder", path=str(gen)),
                            device="cpu", cache_dir=tmp_path / "cache")
     return subject, {}, {"clip_model": "tests.image_fakes:tiny_clip", "n_resamples": 200}
+
+
+def sliced_wasserstein_inputs(tmp_path):
+    """FAKES entry for quality.sliced_wasserstein: ProGAN SWD of a folder against a reference folder."""
+    from audit.subjects.loading import load_subject
+    from audit.spec import SubjectSpec
+
+    gen = write_image_folder(tmp_path / "gen", 12, size=32, seed=1, shift=0.3)
+    ref = write_image_folder(tmp_path / "ref", 12, size=32, seed=2)
+    subject = load_subject(SubjectSpec(kind="image-generator", source="folder", path=str(gen)),
+                           device="cpu", cache_dir=tmp_path / "cache")
+    params = {"patches_per_image": 16, "n_directions": 16, "n_repeats": 2, "n_resamples": 20, "batch_size": 8}
+    return subject, {"reference": ref}, params

@@ -17,7 +17,7 @@ from audit.probe import ProbeContext, build_probe, probe_info, registry
 from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
 from tests import test_text_detectability, test_text_diversity
-from tests import bias_fakes, deepfake_fakes, image_fakes
+from tests import bias_fakes, deepfake_fakes, human_fakes, image_fakes
 from tests import robustness_support
 from tests import test_image_replication, test_visual_inspection
 
@@ -33,10 +33,12 @@ FAKES = {
     "quality.perplexity": _perplexity_inputs,
     "quality.image_fidelity": image_fakes.image_fidelity_inputs,
     "quality.clip_score": image_fakes.clip_score_inputs,
+    "quality.sliced_wasserstein": image_fakes.sliced_wasserstein_inputs,
     "robustness.classifier": robustness_support.classifier_contract_inputs,
     "robustness.detector_evasion": robustness_support.detector_contract_inputs,
     "robustness.text_embedding": robustness_support.text_embedding_contract_inputs,
     "energy.inference": energy_inference_inputs,
+    "human.ratings": human_fakes.human_ratings_inputs,
     "quality.text_diversity": test_text_diversity.diversity_contract_inputs,
     "deepfake.text_detectability": test_text_detectability.detectability_contract_inputs,
     "deepfake.image_detectability": deepfake_fakes.image_detectability_inputs,

@@ -116,6 +116,9 @@ def test_digits_generator_part(demo):
     assert html.count("data:image/png;base64,") >= 24 + 12 + 2 * 6 and "not found" not in html
     card = (Path(demo["out"]) / "digits-cvae-demo" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "privacy.image_replication/replication_rate" in card
+    swd = report.finding("quality.sliced_wasserstein/swd_avg")
+    assert swd.evidence["resolutions"] == [16] and swd.n == 539 and 0 < swd.value < 100
+    assert swd.ci.low <= swd.value <= swd.ci.high and any("upsampled" in w for w in swd.warnings)
 
 
 def test_digits_robustness_part(demo):
