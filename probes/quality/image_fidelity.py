@@ -55,7 +55,9 @@ __all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_fol
 
 #: Below this many samples FID is noticeably biased upwards (Chong & Forsyth, 2020).
 FID_MIN_SAMPLES = 2048
-_METRICS = ("fid", "kid", "inception_score", "precision", "recall")
+_METRICS = ("fid", "kid", "inception_score", "precision", "recall", "gaussian_kl")
+#: gaussian_kl is asked for by name: it needs more samples than feature dimensions.
+_DEFAULT_METRICS = _METRICS[:5]
 _OOM = (torch.cuda.OutOfMemoryError,)
 
 
@@ -143,7 +145,7 @@ class ImageFidelity:
     n_samples: int | None = field(default=None, metadata={"help": "generated images to score (default: all of a folder, else 10000)"})
     batch_size: int = field(default=128, metadata={"help": "images per feature batch (halved on out-of-memory)"})
     image_size: int | None = field(default=None, metadata={"help": "common side length for folders of mixed sizes (default: the first image's size)"})
-    metrics: tuple[str, ...] = field(default=_METRICS, metadata={"help": "which of fid, kid, inception_score, precision, recall"})
+    metrics: tuple[str, ...] = field(default=_DEFAULT_METRICS, metadata={"help": "which of fid, kid, inception_score, precision, recall, gaussian_kl (default: all but gaussian_kl)"})
     kid_subsets: int = field(default=100, metadata={"help": "KID: random subsets"})
     kid_subset_size: int = field(default=1000, metadata={"help": "KID: samples per subset (clamped to the smaller set)"})
     is_splits: int = field(default=10, metadata={"help": "Inception Score: splits"})
@@ -380,7 +382,30 @@ class ImageFidelity:
                 if "recall" in self.metrics:
                     add("recall", float(r), True, wilson_interval(hits_r, in_fake.numel(), confidence=conf),
                         in_fake.numel(), warns, {"k": k, "inside": hits_r})
+        if "gaussian_kl" in self.metrics:
+            add("gaussian_kl", *_gaussian_kl(fake, fake_feats, real_feats if stats is None else None, real_mean,
+                                             real_cov, self.n_resamples, ctx, conf, method))
         return findings
+
+
+def _gaussian_kl(fake: Collected, fake_feats: torch.Tensor, real_feats: torch.Tensor | None, real_mean: torch.Tensor,
+                 real_cov: torch.Tensor, n_resamples: int, ctx: ProbeContext, conf: float, method: str) -> tuple:
+    """The ``add`` arguments of the closed-form KL(N_generated || N_real) of Gaussians fitted to the features."""
+    from probes.quality.diffusion_functional import bootstrap_gaussian_kl, gaussian_kl
+
+    kl = float(gaussian_kl(fake.moments.mean, fake.moments.cov, real_mean, real_cov))
+    reverse = float(gaussian_kl(real_mean, real_cov, fake.moments.mean, fake.moments.cov))
+    extra = {"direction": "KL(generated || real), nats", "reverse_kl": reverse}
+    if not math.isfinite(kl):
+        return (math.nan, False, None, fake.n, [f"a feature covariance is singular (n={fake.n} generated, "
+                                               f"dim={fake_feats.shape[1]}): the Gaussian KL needs more samples "
+                                               "than feature dimensions"], extra)
+    boot = bootstrap_gaussian_kl(fake_feats, real=real_feats, real_mean=real_mean, real_cov=real_cov,
+                                 n_resamples=n_resamples, generator=ctx.rng("gaussian-kl-bootstrap"))
+    ci = _bias_corrected(kl, boot, conf, method)
+    if ci is not None and ci.low < 0:
+        ci = Interval(0.0, ci.high, ci.method)
+    return kl, False, ci, fake.n, [], extra
 
 
 # -- sharded collection (torchrun) ----------------------------------------------------------------
