@@ -80,7 +80,7 @@ def tiny_sd_folder(folder: Path, *, seed: int = 0) -> Path:
                                         hidden_size=16, intermediate_size=32, num_attention_heads=2,
                                         num_hidden_layers=1, max_position_embeddings=16, projection_dim=16,
                                         bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    sched = DDIMScheduler(num_train_timesteps=50, clip_sample=False, set_alpha_to_one=False,
+    sched = DDIMScheduler(num_train_timesteps=50, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                           beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)

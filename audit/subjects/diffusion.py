@@ -137,6 +137,16 @@ class DiffusersImageGenerator(ImageGenerator):
                 at += b
             yield parts[0] if len(parts) == 1 else self._cat(parts)
 
+    def regenerate(self, index: int, *, seed: int = 0, prompt: str | None = None) -> Any:
+        """Image ``index`` of a call made with ``seed``, made alone (text-to-image: give its
+        prompt): uint8 [1, C, H, W], the same as in the call, whatever its batch size."""
+        prompts: Any = None
+        if self.task == "text-to-image":
+            if prompt is None:
+                raise InputError(f"{self.identity.path}: regenerating an image of a text-to-image pipeline needs its prompt")
+            prompts = {int(index): str(prompt)}
+        return self._call(range(int(index), int(index) + 1), prompts, seed)
+
     def _back_off(self, b: int, exc: BaseException) -> int:
         """After out-of-memory at ``b`` images: slicing first, then half the batch."""
         import torch
