@@ -310,3 +310,44 @@ def test_an_unsupported_variance_type_is_refused(tmp_path):
     ctx = ProbeContext(device="cpu", data={"real": tmp_path / "real"}, cache_dir=tmp_path / "c", probe_id=probe.id)
     with pytest.raises(InputError, match="variance_type 'learned' is not supported"):
         probe.run(GaussianOptimalDenoiser(_ddpm_scheduler(variance_type="learned")), ctx)
+
+
+def likelihood_contract_inputs(tmp_path):
+    """FAKES entry of tests/test_contract.py: the optimal Gaussian denoiser on 8 held-out images."""
+    _gaussian_folder(tmp_path / "real", 8)
+    return GaussianOptimalDenoiser(_ddpm_scheduler()), {"real": tmp_path / "real"}, {"n_resamples": 200}
+
+
+def test_image_fidelity_gaussian_kl_is_the_kl_of_gaussians_fitted_to_the_features(tmp_path):
+    """quality.image_fidelity's gaussian_kl against NumPy on the same extractor's features."""
+    from audit.subjects.imagedata import iter_image_batches, list_images
+    from audit.subjects.loading import load_subject
+    from audit.spec import SubjectSpec
+    from probes.quality.features import build_extractor
+    from tests.image_fakes import write_image_folder
+
+    gen = write_image_folder(tmp_path / "gen", 60, seed=1, shift=0.3)
+    ref = write_image_folder(tmp_path / "ref", 60, seed=2)
+    subject = load_subject(SubjectSpec(kind="image-generator", source="folder", path=str(gen)), device="cpu",
+                           cache_dir=tmp_path / "c")
+    probe = build_probe("quality.image_fidelity", {"feature": "tests.image_fakes:tiny_feature_net",
+                                                   "metrics": ["gaussian_kl"], "n_resamples": 50})
+    ctx = ProbeContext(device="cpu", data={"reference": ref}, cache_dir=tmp_path / "c", probe_id=probe.id)
+    (kl,) = probe.run(subject, ctx)
+    fx = build_extractor("tests.image_fakes:tiny_feature_net", {}, device="cpu")
+
+    def feats(folder):
+        return np.concatenate([fx(b)[0].double().numpy() for b in iter_image_batches(list_images(folder))])
+
+    fg, fr = feats(gen), feats(ref)
+    mg, mr, sg, sr = fg.mean(0), fr.mean(0), np.cov(fg, rowvar=False), np.cov(fr, rowvar=False)
+    inv = np.linalg.inv(sr)
+    want = 0.5 * (np.trace(inv @ sg) + (mr - mg) @ inv @ (mr - mg) - fg.shape[1]
+                  + np.linalg.slogdet(sr)[1] - np.linalg.slogdet(sg)[1])
+    assert kl.metric == "gaussian_kl" and kl.value == pytest.approx(want, rel=1e-6)
+    assert kl.ci.low <= kl.value <= kl.ci.high and kl.evidence["reverse_kl"] > 0
+    # Fewer samples than feature dimensions: no KL, and the reason.
+    small = build_probe("quality.image_fidelity", {"feature": "tests.image_fakes:tiny_feature_net",
+                                                   "metrics": ["gaussian_kl"], "n_samples": 8, "n_resamples": 50})
+    (nan,) = small.run(subject, ctx)
+    assert math.isnan(nan.value) and "singular" in nan.warnings[-1]
