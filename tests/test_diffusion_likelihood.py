@@ -351,3 +351,40 @@ def test_image_fidelity_gaussian_kl_is_the_kl_of_gaussians_fitted_to_the_feature
                                                    "metrics": ["gaussian_kl"], "n_samples": 8, "n_resamples": 50})
     (nan,) = small.run(subject, ctx)
     assert math.isnan(nan.value) and "singular" in nan.warnings[-1]
+
+
+class _DeadUnitNet(torch.nn.Module):
+    """tiny_feature_net's features with two dead units (always 0) appended."""
+
+    def __init__(self):
+        super().__init__()
+        from tests.image_fakes import tiny_feature_net
+
+        self.net = tiny_feature_net()
+
+    def forward(self, x):
+        f = self.net.features(x)
+        return torch.cat([f, torch.zeros(f.shape[0], 2)], 1)
+
+
+def dead_unit_net():
+    return _DeadUnitNet().eval()
+
+
+def test_gaussian_kl_leaves_out_features_constant_in_both_sets(tmp_path):
+    from audit.subjects.loading import load_subject
+    from audit.spec import SubjectSpec
+    from tests.image_fakes import write_image_folder
+
+    gen = write_image_folder(tmp_path / "gen", 40, seed=1, shift=0.3)
+    ref = write_image_folder(tmp_path / "ref", 40, seed=2)
+    subject = load_subject(SubjectSpec(kind="image-generator", source="folder", path=str(gen)), device="cpu",
+                           cache_dir=tmp_path / "c")
+    ctx = ProbeContext(device="cpu", data={"reference": ref}, cache_dir=tmp_path / "c", probe_id="quality.image_fidelity")
+    params = {"metrics": ["gaussian_kl"], "n_resamples": 50, "feature_options": {"logits": False}}
+    (dead,) = build_probe("quality.image_fidelity", {**params, "feature": "tests.test_diffusion_likelihood:dead_unit_net"}
+                          ).run(subject, ctx)
+    (live,) = build_probe("quality.image_fidelity", {**params, "feature": "tests.image_fakes:tiny_feature_net"}
+                          ).run(subject, ctx)
+    assert dead.value == pytest.approx(live.value, rel=1e-9) and dead.evidence["dims_used"] == 16
+    assert any("2 of 18 feature dimension(s) constant" in w for w in dead.warnings)
