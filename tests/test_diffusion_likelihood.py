@@ -279,6 +279,7 @@ def test_stratified_probe_states_its_estimator(tmp_path):
     total = probe.run(GaussianOptimalDenoiser(_ddpm_scheduler()), ctx)[0]
     assert total.evidence["timesteps_per_image"] == 4 and "stratified" in total.evidence["estimator"]
     assert any("3 of 9 timesteps" in w for w in total.warnings)
+    assert ctx.samples.offered == 40  # one row per image (its file and terms) for samples.parquet
 
 
 # -- bad input -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,7 +123,7 @@ class DiffusionLikelihood:
         bs = self.batch_size
         while True:
             try:
-                terms, log = self._score(subject, proc, paths, (c, h, w), bs, ctx, device)
+                terms, log, items = self._score(subject, proc, paths, (c, h, w), bs, ctx, device)
                 break
             except _OOM:
                 if bs == 1:
@@ -132,10 +133,16 @@ class DiffusionLikelihood:
         if terms["prior"].size < 2:
             raise InputError(f"{self.id}: only {terms['prior'].size} readable image(s) in {folder}; at least 2 "
                              "are needed")
-        return self._findings(terms, proc, (c, h, w), log, folder, warns)
+        findings = self._findings(terms, proc, (c, h, w), log, folder, warns)
+        to_bpd = 1.0 / (int(np.prod((c, h, w))) * math.log(2.0))
+        ctx.record_samples({"item": item, "metric": "nll_bpd", "score": float(sum(terms[k][i] for k in terms) * to_bpd),
+                            **{f"{k}_bpd": float(terms[k][i] * to_bpd) for k in terms}}
+                           for i, item in enumerate(items))
+        return findings
 
     def _score(self, subject: Any, proc: GaussianDiffusion, paths: list[Any], shape: tuple[int, int, int],
-               bs: int, ctx: ProbeContext, device: torch.device) -> tuple[dict[str, np.ndarray], ImageReadLog]:
+               bs: int, ctx: ProbeContext, device: torch.device
+               ) -> tuple[dict[str, np.ndarray], ImageReadLog, list[str]]:
         c, h, w = shape
         log = ImageReadLog()
         k = proc.T - 1 if self.timesteps == "all" else int(self.timesteps)
@@ -144,13 +151,15 @@ class DiffusionLikelihood:
         # float64 maths around the model (the terms are sums of D small numbers); the model in its dtype.
         model = lambda x_t, t: subject.predict(x_t.float(), t).double()  # noqa: E731
         batches = iter_image_batches(paths, batch_size=bs, mode="L" if c == 1 else "RGB", size=(w, h), log=log,
-                                     limit=self.n_images)
-        for batch in ctx.progress(batches, desc=f"{self.id}: images"):
+                                     limit=self.n_images, with_index=True)
+        items: list[str] = []
+        for batch, idx in ctx.progress(batches, desc=f"{self.id}: images"):
+            items.extend(Path(paths[int(i)]).name for i in idx)
             x0 = batch.to(device, torch.float64) / 127.5 - 1.0
             t, wts = stratified_timesteps(proc.T, k, x0.shape[0], generator=g_t)
             for name, v in proc.elbo_terms(model, x0, timesteps=t, weights=wts, generator=g_noise).items():
                 out[name].append(v)
-        return {k_: torch.cat(v).cpu().numpy() if v else np.zeros(0) for k_, v in out.items()}, log
+        return {k_: torch.cat(v).cpu().numpy() if v else np.zeros(0) for k_, v in out.items()}, log, items
 
     def _findings(self, terms: dict[str, np.ndarray], proc: GaussianDiffusion, shape: tuple[int, int, int],
                   log: ImageReadLog, folder: Any, warns: list[str]) -> list[Finding]:
