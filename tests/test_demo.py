@@ -133,6 +133,7 @@ def test_digits_ddpm_part(demo):
     assert nll.n == 539 and 0 < nll.value < 8 and nll.value == pytest.approx(sum(terms))
     assert nll.ci.low < nll.value < nll.ci.high and nll.evidence["timesteps_per_image"] == 21
     assert report.probes["deepfake.image_detectability"].n_findings > 0
+    assert report.probes["quality.visual_inspection"].status == "ok"
     assert report.probes["energy.inference"].n_findings > 0
 
 

@@ -7,8 +7,8 @@ the noise of scikit-learn's digits (the training split of
 ``source: diffusers`` (sampled with 20 DDIM steps): FID, KID, IS, precision/recall and the
 Gaussian KL on the shared digits classifier's features (a domain extractor: the numbers
 compare digit generators with each other, never with published FIDs), the diffusion
-likelihood (negative ELBO in bits/dim over the held-out real digits), detectability and
-energy. The pipeline is cached in the work folder by its training parameters.
+likelihood (negative ELBO in bits/dim over the held-out real digits), detectability, a
+contact sheet and energy. The pipeline is cached in the work folder by its training parameters.
 """
 
 from __future__ import annotations
@@ -115,6 +115,9 @@ def digits_ddpm_spec(workdir: Path) -> dict:
             {"id": "deepfake.image_detectability",
              "params": {**features, "folds": 3, "postprocess": ["jpeg:75", "resize:0.5", "blur:0.7"],
                         "eps": ["4/255"], "attack_steps": 5, "attack_samples": 128, "n_resamples": 200}},
+            # A seeded contact sheet (generated beside held-out real digits) and the nearest real digit
+            # of six generated ones, for people to look at.
+            {"id": "quality.visual_inspection", "params": {"n_generated": 24, "n_real": 12, "n_neighbours": 6}},
             {"id": "energy.inference", "params": {"repeats": 3, "batch_size": 250, "warmup_calls": 1}},
         ],
         "gates": [],
