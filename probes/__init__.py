@@ -10,6 +10,7 @@ BUILTIN_PROBES: dict[str, str] = {
     "quality.image_fidelity": "probes.quality.image_fidelity:ImageFidelity",
     "quality.sliced_wasserstein": "probes.quality.swd:SlicedWasserstein",
     "quality.clip_score": "probes.quality.clip_score:ClipScore",
+    "quality.diffusion_likelihood": "probes.quality.diffusion_likelihood:DiffusionLikelihood",
     "quality.text_diversity": "probes.quality.text_diversity:TextDiversity",
     "deepfake.text_detectability": "probes.deepfake.text_detectability:TextDetectability",
     "deepfake.image_detectability": "probes.deepfake.image_detectability:ImageDetectability",

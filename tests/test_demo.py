@@ -54,7 +54,7 @@ def test_the_demo_passes_and_stores_every_audit(demo):
     assert "PASSED" in demo["printed"] and "report.html" in demo["printed"]
     names = sorted(p.name for p in Path(demo["out"]).iterdir() if (p / "report.json").is_file())
     assert names == ["adult-income-fairness-demo", "digits-classifier-robustness-demo", "digits-cvae-demo",
-                     "minilm-association-demo", "smollm2-135m-instruct-demo"]
+                     "digits-ddpm-demo", "minilm-association-demo", "smollm2-135m-instruct-demo"]
     with ReportStore(f"sqlite:///{demo['store']}") as st:
         stored = {a.run_id for a in st.list_audits()}
     for name in names:
@@ -119,6 +119,25 @@ def test_digits_generator_part(demo):
     swd = report.finding("quality.sliced_wasserstein/swd_avg")
     assert swd.evidence["resolutions"] == [16] and swd.n == 539 and 0 < swd.value < 100
     assert swd.ci.low <= swd.value <= swd.ci.high and any("upsampled" in w for w in swd.warnings)
+
+
+def test_digits_ddpm_part(demo):
+    report = _report(demo, "digits-ddpm-demo")
+    assert report.subject.source == "diffusers" and report.subject.details["pipeline"] == "DDPMPipeline"
+    assert report.subject.details["scheduler"] == "DDIMScheduler"
+    assert report.subject.details["training_scheduler"] == "DDPMScheduler"
+    fid = report.finding("quality.image_fidelity/fid")
+    assert fid.n == 1000 and fid.evidence["n_reference"] == 539 and fid.value > 0
+    assert report.finding("quality.image_fidelity/gaussian_kl").value > 0
+    nll = report.finding("quality.diffusion_likelihood/nll_bpd")
+    terms = [report.finding(f"quality.diffusion_likelihood/{m}").value for m in ("prior_bpd", "diffusion_bpd",
+                                                                                 "decoder_bpd")]
+    # 8x8 digits with 17 grey levels in 256 bins: far below the 8 bits/dim of a uniform model.
+    assert nll.n == 539 and 0 < nll.value < 8 and nll.value == pytest.approx(sum(terms))
+    assert nll.ci.low < nll.value < nll.ci.high and nll.evidence["timesteps_per_image"] == 21
+    assert report.probes["deepfake.image_detectability"].n_findings > 0
+    assert report.probes["quality.visual_inspection"].status == "ok"
+    assert report.probes["energy.inference"].n_findings > 0
 
 
 def test_digits_robustness_part(demo):

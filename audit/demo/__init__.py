@@ -30,6 +30,7 @@ CORPUS = Path(__file__).parent / "data" / "heldout_en.jsonl"
 DEMO_PARTS: tuple[str, ...] = (
     "audit.demo.text:smollm2_spec",
     "audit.demo.digits_generator:digits_generator_spec",
+    "audit.demo.digits_diffusion:digits_ddpm_spec",
     "audit.demo.robustness:digits_robustness_spec",
     "audit.demo.fairness:adult_fairness_spec",
     "audit.demo.fairness:minilm_association_spec",

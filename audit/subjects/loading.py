@@ -133,6 +133,7 @@ _LOADERS: dict[tuple[str, str], Loader | str] = {
     ("image-generator", "folder"): "audit.subjects.image:load_folder_image_generator",
     ("image-generator", "python"): "audit.subjects.image:load_python_image_generator",
     ("image-generator", "torch"): "audit.subjects.image:load_torch_image_generator",
+    ("image-generator", "diffusers"): "audit.subjects.diffusion:load_diffusers_image_generator",
     ("encoder", "hf"): "audit.subjects.encoder:load_hf_encoder",
     ("encoder", "open_clip"): "audit.subjects.encoder:load_open_clip_encoder",
     ("encoder", "python"): "audit.subjects.encoder:load_python_encoder",

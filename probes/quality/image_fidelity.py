@@ -42,7 +42,9 @@ from probes.sharding import first_size, merge_read_logs, torch_latent_shard
 
 __all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder"]
 
-_METRICS = ("fid", "kid", "inception_score", "precision", "recall")
+_METRICS = ("fid", "kid", "inception_score", "precision", "recall", "gaussian_kl")
+#: gaussian_kl is asked for by name: it needs more samples than feature dimensions.
+_DEFAULT_METRICS = _METRICS[:5]
 _OOM = (torch.cuda.OutOfMemoryError,)
 
 
@@ -130,7 +132,7 @@ class ImageFidelity:
     n_samples: int | None = field(default=None, metadata={"help": "generated images to score (default: all of a folder, else 10000)"})
     batch_size: int = field(default=128, metadata={"help": "images per feature batch (halved on out-of-memory)"})
     image_size: int | None = field(default=None, metadata={"help": "common side length for folders of mixed sizes (default: the first image's size)"})
-    metrics: tuple[str, ...] = field(default=_METRICS, metadata={"help": "which of fid, kid, inception_score, precision, recall"})
+    metrics: tuple[str, ...] = field(default=_DEFAULT_METRICS, metadata={"help": "which of fid, kid, inception_score, precision, recall, gaussian_kl (default: all but gaussian_kl)"})
     kid_subsets: int = field(default=100, metadata={"help": "KID: random subsets"})
     kid_subset_size: int = field(default=1000, metadata={"help": "KID: samples per subset (clamped to the smaller set)"})
     is_splits: int = field(default=10, metadata={"help": "Inception Score: splits"})

@@ -84,6 +84,10 @@ class FidelityFindings:
             self._inception_score()
         if "precision" in metrics or "recall" in metrics:
             self._precision_recall()
+        if "gaussian_kl" in metrics:
+            self.add("gaussian_kl", *_gaussian_kl(
+                self.fake, self.fake_feats, self.real_feats if self.stats is None else None, self.real_mean,
+                self.real_cov, self.probe.n_resamples, self.ctx, self.conf, self.method))
         return self.findings
 
     def add(self, metric: str, value: float, hib: bool, ci: Interval | None, n: int, warns: list[str],
@@ -183,3 +187,36 @@ def _bias_corrected(value: float, boot: torch.Tensor, confidence: float, method:
         return None
     centre = float(v.mean())
     return Interval(value - (centre - iv[0]), value + (iv[1] - centre), method)
+
+
+def _gaussian_kl(fake: Collected, fake_feats: torch.Tensor, real_feats: torch.Tensor | None, real_mean: torch.Tensor,
+                 real_cov: torch.Tensor, n_resamples: int, ctx: ProbeContext, conf: float, method: str) -> tuple:
+    """The ``add`` arguments of the closed-form KL(N_generated || N_real) of Gaussians fitted to the features."""
+    from probes.quality.diffusion_functional import bootstrap_gaussian_kl, gaussian_kl
+
+    mf, cf = fake.moments.mean, fake.moments.cov
+    # A feature constant (and equal) in both sets, e.g. a dead ReLU, adds 0 to the KL but makes
+    # both covariances singular: leave it out, and say so.
+    vf, vr = torch.diagonal(cf), torch.diagonal(real_cov)
+    scale = float(torch.maximum(vf.max(), vr.max()).clamp(min=1e-300))
+    keep = ~((vf <= 1e-12 * scale) & (vr <= 1e-12 * scale) & ((mf - real_mean).abs() <= 1e-6 * math.sqrt(scale)))
+    warns = []
+    if not bool(keep.all()):
+        warns.append(f"{int((~keep).sum())} of {keep.numel()} feature dimension(s) constant and equal in both sets "
+                     "(e.g. dead ReLUs) left out: they add 0 to the KL")
+        mf, cf, real_mean, real_cov = mf[keep], cf[keep][:, keep], real_mean[keep], real_cov[keep][:, keep]
+        fake_feats = fake_feats[:, keep]
+        real_feats = real_feats[:, keep] if real_feats is not None else None
+    kl = float(gaussian_kl(mf, cf, real_mean, real_cov))
+    reverse = float(gaussian_kl(real_mean, real_cov, mf, cf))
+    extra = {"direction": "KL(generated || real), nats", "reverse_kl": reverse, "dims_used": int(keep.sum())}
+    if not math.isfinite(kl):
+        return (math.nan, False, None, fake.n, warns + [
+            f"a feature covariance is singular (n={fake.n} generated, dim={fake_feats.shape[1]}): the Gaussian "
+            "KL needs more samples than feature dimensions, and no feature constant in one set only"], extra)
+    boot = bootstrap_gaussian_kl(fake_feats, real=real_feats, real_mean=real_mean, real_cov=real_cov,
+                                 n_resamples=n_resamples, generator=ctx.rng("gaussian-kl-bootstrap"))
+    ci = _bias_corrected(kl, boot, conf, method)
+    if ci is not None and ci.low < 0:
+        ci = Interval(0.0, ci.high, ci.method)
+    return kl, False, ci, fake.n, warns, extra
