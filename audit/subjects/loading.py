@@ -8,6 +8,8 @@ kind               source   ``path``
 text-generator     hf       a local transformers folder, or a hub id (``org/name``)
 text-generator     gguf     a ``.gguf`` file, converted once to a cached safetensors folder
 text-generator     python   ``"module:callable"`` or ``"path/to/file.py:callable"``
+text-generator     openai-compatible  a server's base URL (vLLM, llama.cpp, TGI): :mod:`audit.subjects.remote`
+text-generator     generations        a JSONL of prompts and outputs, no model: :mod:`audit.subjects.generations`
 =================  =======  ===========================================================
 
 Untrusted files load safely: safetensors by default; pickled weights (``*.bin``, ``*.pt``) only
@@ -669,6 +671,8 @@ _LOADERS: dict[tuple[str, str], Loader | str] = {
     ("text-generator", "hf"): _load_hf_text_generator,
     ("text-generator", "gguf"): _load_gguf_text_generator,
     ("text-generator", "python"): _load_python_text_generator,
+    ("text-generator", "openai-compatible"): "audit.subjects.remote:load_openai_compatible",
+    ("text-generator", "generations"): "audit.subjects.generations:load_generations",
     ("classifier", "python"): "audit.subjects.classifier:_load_python_classifier",
     ("classifier", "torchscript"): "audit.subjects.classifier:_load_torchscript_classifier",
     ("classifier", "hf"): "audit.subjects.classifier:_load_hf_classifier",
