@@ -249,6 +249,7 @@ def list_probes(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(jsonable([
             {"id": i.id, "summary": i.summary, "applies_to": list(i.applies_to),
+             "requires": list(i.requires), "generations_only": i.generations_only,
              "params": [{"name": n, "type": t, "default": d, "help": h} for n, t, d, h in i.params]}
             for i in infos]), indent=2, default=str))
         return
@@ -258,6 +259,8 @@ def list_probes(as_json: bool) -> None:
     for info in infos:
         con.print(f"[bold]{info.id}[/bold]  {info.summary}")
         con.print(f"  applies to: {', '.join(info.applies_to) or 'any subject'}")
+        if info.generations_only:
+            con.print("  needs only generations: runs on `source: generations` and on servers without logprobs")
         t = Table(show_header=True, header_style="dim", box=None, padding=(0, 2))
         for col in ("parameter", "type", "default", "help"):
             t.add_column(col)

@@ -316,6 +316,12 @@ class ProbeInfo:
     summary: str
     applies_to: tuple[str, ...]
     params: tuple[tuple[str, str, Any, str], ...]  # (name, type, default, help)
+    requires: tuple[str, ...] = ()  # the subject capabilities it calls
+
+    @property
+    def generations_only(self) -> bool:
+        """Whether the probe reads only generations (runs on ``source: generations`` too)."""
+        return tuple(self.requires) == ("generate",)
 
 
 def probe_info(probe_id: str) -> ProbeInfo:
@@ -339,6 +345,7 @@ def probe_info(probe_id: str) -> ProbeInfo:
         summary=doc[0] if doc else "",
         applies_to=tuple(getattr(cls, "applies_to", ())),
         params=tuple(params),
+        requires=tuple(getattr(cls, "requires", ()) or ()),
     )
 
 

@@ -109,6 +109,7 @@ def main(argv=None):
                     help="images for ART at batch 32 (default: --n; it is the slowest contender)")
     ap.add_argument("--skip-art", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the result as JSON here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,6 +171,8 @@ def main(argv=None):
             "width": args.width, "size": args.size, "images_per_s": results, "ratios": ratios,
             "goals": {"ours/art_default_batch": 10, "ours/art_equal_batch": 3, "ours/bare": 0.9},
             "cpu_count": os.cpu_count()}
+    if args.json_out:
+        args.json_out.write_text(json.dumps({**info, "load_1min": os.getloadavg()[0]}, indent=2))
     if args.json:
         print(json.dumps(info, indent=2))
         return

@@ -183,6 +183,12 @@ def test_probes_lists_parameters(capsys):
     info = {p["id"]: p for p in json.loads(out)}["quality.perplexity"]
     assert {"name": "stride", "type": "int", "default": 512} .items() <= {
         k: v for p in info["params"] if p["name"] == "stride" for k, v in p.items()}.items()
+    by_id = {p["id"]: p for p in json.loads(out)}
+    assert by_id["quality.text_diversity"]["generations_only"] is True
+    assert by_id["quality.perplexity"]["generations_only"] is False
+    code, out, _ = invoke(capsys, "probes")
+    block = out.split("quality.text_diversity", 1)[1].split("\n\n", 1)[0]
+    assert "needs only generations" in block
 
 
 def test_schema_and_empty_store(tmp_path, capsys):

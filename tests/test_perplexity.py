@@ -353,6 +353,19 @@ def test_bits_per_byte_by_hand_with_bos(tmp_path):
     assert ev["per_document"] == pytest.approx([2.0, 2.0])
 
 
+def test_word_and_byte_perplexity_by_hand_as_lm_evaluation_harness_counts(tmp_path):
+    # One bit per token, 7 tokens over 8 bytes. Words as lm-eval's wikitext task counts them,
+    # len(re.split(r"\s+", text)): "é llo" is 2 words, "ab" 1, so NLL = 6 ln 2 over 3 words.
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": "é llo"}, {"text": "ab"}])
+    found = run_probe(CharSubject(), path, n_resamples=200)
+    nll = 7 * LN2  # "é llo" is 5 characters (tokens), "ab" 2: 7 tokens with BOS
+    assert found["quality.perplexity/word_perplexity"].value == pytest.approx(math.exp(nll / 3))
+    assert found["quality.perplexity/byte_perplexity"].value == pytest.approx(math.exp(nll / 8))
+    assert found["quality.perplexity/byte_perplexity"].value == pytest.approx(
+        2 ** found["quality.perplexity/bits_per_byte"].value)
+    assert found["quality.perplexity/perplexity"].evidence["words"] == 3
+
+
 def test_bits_per_byte_by_hand_without_bos(tmp_path):
     # Without BOS the first token ("é", 2 bytes; "a", 1 byte) is context: 3 + 1 tokens on 3 + 1 bytes.
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": "éllo"}, {"text": "ab"}])

@@ -51,7 +51,11 @@ def missing_capabilities(subject: Any, probe: Any) -> str | None:
     needed = set(getattr(probe, "requires", ()) or ())
     lacking = sorted(needed - set(getattr(subject, "capabilities", ())))
     if lacking:
-        return f"needs the subject capabilities {', '.join(lacking)}, which this {kind} does not offer"
+        reason = f"needs the subject capabilities {', '.join(lacking)}, which this {kind} does not offer"
+        # A subject may say why it lacks one (e.g. a server that returns no logprobs).
+        notes = getattr(subject, "capability_notes", None) or {}
+        why = [f"{c}: {notes[c]}" for c in lacking if c in notes]
+        return reason + (f" ({'; '.join(why)})" if why else "")
     return None
 
 

@@ -7,6 +7,8 @@ One entry point, :func:`load_subject`, dispatches on ``(kind, source)`` through 
 kind             sources                          module
 ===============  ===============================  =====================================
 text-generator   hf, gguf, python                 :mod:`audit.subjects.text`
+text-generator   openai-compatible                :mod:`audit.subjects.remote`
+text-generator   generations                      :mod:`audit.subjects.generations`
 image-generator  folder, python, torch            :mod:`audit.subjects.image`
 classifier       python, torchscript, hf          :mod:`audit.subjects.classifier`
 encoder          hf, open_clip, python            :mod:`audit.subjects.encoder`
@@ -127,6 +129,8 @@ _LOADERS: dict[tuple[str, str], Loader | str] = {
     ("text-generator", "hf"): "audit.subjects.text:load_hf_text_generator",
     ("text-generator", "gguf"): "audit.subjects.text:load_gguf_text_generator",
     ("text-generator", "python"): "audit.subjects.text:load_python_text_generator",
+    ("text-generator", "openai-compatible"): "audit.subjects.remote:load_openai_compatible",
+    ("text-generator", "generations"): "audit.subjects.generations:load_generations",
     ("classifier", "python"): "audit.subjects.classifier:_load_python_classifier",
     ("classifier", "torchscript"): "audit.subjects.classifier:_load_torchscript_classifier",
     ("classifier", "hf"): "audit.subjects.classifier:_load_hf_classifier",

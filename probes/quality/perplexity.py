@@ -13,6 +13,7 @@ Example (spec):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -44,8 +45,12 @@ class Perplexity:
     bits) by the UTF-8 bytes of the scored text instead, which compares models with
     different tokenizers. Intervals are percentile bootstraps over documents.
 
-    Findings: ``perplexity``, ``bits_per_byte``, ``nll_per_token`` (nats) for the corpus,
-    and ``perplexity`` / ``bits_per_byte`` per value of the ``slice_by`` metadata field.
+    Findings: ``perplexity``, ``bits_per_byte``, ``nll_per_token`` (nats), and
+    lm-evaluation-harness's wikitext conventions ``word_perplexity`` (``exp(NLL / words)``,
+    words as ``re.split(r"\\s+", text)`` counts them) and ``byte_perplexity`` (``exp(NLL /
+    UTF-8 bytes)``) for the corpus; ``perplexity`` / ``bits_per_byte`` per value of the
+    ``slice_by`` metadata field. Every corpus value is token-weighted over the whole corpus
+    (total NLL over total units), not a mean of per-document values.
     """
 
     id: ClassVar[str] = "quality.perplexity"
@@ -115,6 +120,7 @@ class Perplexity:
 
         tokens = np.array([len(s) - 1 for s in sequences], dtype=np.float64)
         n_bytes = np.array([len(d.text.encode("utf-8")) for d in docs], dtype=np.float64)
+        n_words = np.array([len(re.split(r"\s+", d.text)) for d in docs], dtype=np.float64)
         if bos is None:
             # The first token is context only: count the bytes of the text that was scored.
             n_bytes -= [len(subject.decode([s[0]]).encode("utf-8")) for s in sequences]
@@ -150,9 +156,10 @@ class Perplexity:
                             "bytes": int(n_bytes[i]), "slice": {self.slice_by: str(d.meta[self.slice_by])}
                             if self.slice_by and d.meta.get(self.slice_by) is not None else {}}
                            for i, d in enumerate(docs))
-        group = _Group(self, ctx, nll, tokens, n_bytes, [d.id for d in docs])
+        group = _Group(self, ctx, nll, tokens, n_bytes, n_words, [d.id for d in docs])
         everything = np.ones(len(docs), dtype=bool)
-        findings = group.findings(everything, {}, notes, metrics=("perplexity", "bits_per_byte", "nll_per_token"))
+        findings = group.findings(everything, {}, notes, metrics=(
+            "perplexity", "bits_per_byte", "nll_per_token", "word_perplexity", "byte_perplexity"))
         per_doc = corpus_perplexity(torch.from_numpy(nll), torch.from_numpy(tokens)).tolist()
         shown = min(len(docs), _MAX_EVIDENCE)
         findings[0] = replace(findings[0], evidence={
@@ -161,6 +168,7 @@ class Perplexity:
             "documents": len(docs),
             "tokens": int(tokens.sum()),
             "bytes": int(n_bytes.sum()),
+            "words": int(n_words.sum()),
             "max_length": max_length,
             "stride": stride,
             "bos": bos is not None,
@@ -218,11 +226,12 @@ class _Group:
     nll: np.ndarray
     tokens: np.ndarray
     n_bytes: np.ndarray
+    n_words: np.ndarray
     ids: Sequence[str]
 
     def findings(self, mask: np.ndarray, slice_: dict[str, str], notes: list[str],
                  metrics: Sequence[str]) -> list[Finding]:
-        nll, tokens, n_bytes = self.nll[mask], self.tokens[mask], self.n_bytes[mask]
+        nll, tokens, n_bytes, n_words = self.nll[mask], self.tokens[mask], self.n_bytes[mask], self.n_words[mask]
         n = int(mask.sum())
         warnings = list(notes)
         bad = ~np.isfinite(nll)
@@ -239,12 +248,14 @@ class _Group:
                             f"use {_SMALL_CORPUS} or more")
         ok = n > 0 and not bad.any()
 
-        total_nll, total_tok, total_bytes = nll.sum(), tokens.sum(), n_bytes.sum()
+        total_nll, total_tok, total_bytes, total_words = nll.sum(), tokens.sum(), n_bytes.sum(), n_words.sum()
         specs = {
             "perplexity": (lambda: float(corpus_perplexity(total_nll, total_tok)), nll, tokens, np.exp, ""),
             "bits_per_byte": (lambda: float(bits_per_byte(total_nll, total_bytes)), nll / _LN2, n_bytes, None,
                               "bits/byte"),
             "nll_per_token": (lambda: float(total_nll / total_tok), nll, tokens, None, "nats/token"),
+            "word_perplexity": (lambda: float(np.exp(total_nll / total_words)), nll, n_words, np.exp, ""),
+            "byte_perplexity": (lambda: float(np.exp(total_nll / total_bytes)), nll, n_bytes, np.exp, ""),
         }
         out = []
         for metric in metrics:
