@@ -16,13 +16,8 @@ from audit.findings import AuditReport, Finding, SubjectIdentity
 from audit.probe import ProbeContext, build_probe, probe_info, registry
 from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
-<<<<<<< HEAD
-from tests import test_text_detectability, test_text_diversity
-from tests import bias_fakes, deepfake_fakes, human_fakes, image_fakes
-=======
 from tests import test_diffusion_likelihood, test_text_detectability, test_text_diversity
-from tests import bias_fakes, deepfake_fakes, image_fakes
->>>>>>> h19a
+from tests import bias_fakes, deepfake_fakes, human_fakes, image_fakes
 from tests import robustness_support
 from tests import test_image_replication, test_visual_inspection
 
@@ -38,11 +33,8 @@ FAKES = {
     "quality.perplexity": _perplexity_inputs,
     "quality.image_fidelity": image_fakes.image_fidelity_inputs,
     "quality.clip_score": image_fakes.clip_score_inputs,
-<<<<<<< HEAD
     "quality.sliced_wasserstein": image_fakes.sliced_wasserstein_inputs,
-=======
     "quality.diffusion_likelihood": test_diffusion_likelihood.likelihood_contract_inputs,
->>>>>>> h19a
     "robustness.classifier": robustness_support.classifier_contract_inputs,
     "robustness.detector_evasion": robustness_support.detector_contract_inputs,
     "robustness.text_embedding": robustness_support.text_embedding_contract_inputs,
