@@ -218,7 +218,7 @@ class _Attacker:
                               sample_ids=torch.arange(mine.start, mine.stop))
             cols = Outcome.columns(res, x[sl], y[sl], self.probe.norm)
         else:
-            cols = torch.zeros((0, 5), dtype=torch.float64)
+            cols = torch.zeros((0, Outcome.N_COLUMNS), dtype=torch.float64)
         if self.shards(random) and self.ctx.dist.active:  # every rank joins, an empty shard too
             cols = self.ctx.dist.gather_tensor(cols, mine)
         return Outcome.from_columns(cols, eps, label)

@@ -59,6 +59,9 @@ class Outcome:
     prediction: torch.Tensor | None = None
     perturbation: torch.Tensor | None = None
 
+    #: How many columns :meth:`columns` gives (an empty shard sends a [0, N_COLUMNS] block).
+    N_COLUMNS = 6
+
     @staticmethod
     def columns(res: AttackResult, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
         """Per sample, float64 on the host: correct, success, zero_grad, nonfinite_grad, perturbation
