@@ -205,6 +205,7 @@ class _Outcome:
     timings: dict[str, float]
     identity: SubjectIdentity | None
     samples: list[Any]  # per-sample rows of the probes that recorded any (samples.parquet), rank 0 only
+    threads: dict[str, Any] = dataclasses.field(default_factory=dict)  # settings.threads as in force
 
 
 def run_audit(
@@ -343,6 +344,9 @@ def _run_probes(run: _Run, subject_loader: Callable[..., Any] | None) -> _Outcom
     findings: list[Finding] = []
     sample_buffers: list[Any] = []
     subject = _LazySubject(run, subject_loader, timings)
+    from audit.threads import set_intra_op_threads
+
+    threads = set_intra_op_threads(run.spec.settings.threads)  # put back in the finally below
     try:
         for i, (pspec, probe) in enumerate(zip(run.spec.probes, run.probes)):
             pid = pspec.id
@@ -365,9 +369,10 @@ def _run_probes(run: _Run, subject_loader: Callable[..., Any] | None) -> _Outcom
                     sample_records.save_partial(run.out, pid, rows)
                 run.partial.save_probe(pid, params_hash(probe), statuses[pid], got)
     finally:
+        threads.restore()
         subject.close()
     return _Outcome(statuses=statuses, findings=findings, timings=timings, identity=subject.identity,
-                    samples=sample_buffers)
+                    samples=sample_buffers, threads=threads.info)
 
 
 def _run_one(run: _Run, subject: _LazySubject, tag: str, pid: str,
@@ -433,6 +438,7 @@ def _assemble_report(run: _Run, outcome: _Outcome) -> AuditReport:
     energy = _audit_energy(outcome.statuses, spec.settings.emissions.factor() if spec.settings.emissions else None)
     timings = {**outcome.timings, "total_s": time.perf_counter() - run.t_start}
     environment = environment_info(run.device)
+    environment["threads"] = outcome.threads
     if run.dist.active:
         environment["distributed"] = {"world_size": run.dist.world_size, "backend": backend()}
     return AuditReport(

@@ -49,6 +49,15 @@ class SubjectSpec(_Frozen):
     trust_remote_code: bool = Field(default=False, description="run code from the model repo (unsafe)")
     allow_pickle: bool = Field(default=False, description="load pickled weights (unsafe)")
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
+    chat_template: bool | Literal["auto"] = Field(
+        default=False, description="text generators: wrap prompts in the tokenizer's chat template for the "
+        "generating probes (true, false, or auto: when the tokenizer has one); perplexity reads raw text")
+
+    @model_validator(mode="after")
+    def _chat_template_kind(self) -> SubjectSpec:
+        if self.chat_template is not False and self.kind != "text-generator":
+            raise ValueError(f"chat_template applies to text-generator subjects; this subject is a {self.kind}")
+        return self
 
 
 class ProbeSpec(_Frozen):
@@ -129,6 +138,8 @@ class Settings(_Frozen):
     device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:N")
     batch_size: int | None = Field(default=None, gt=0)
     progress: bool = True
+    threads: int | None = Field(default=None, gt=0, description="torch intra-op threads for the audit "
+                                "(torch.set_num_threads; default: torch's own), recorded in the report")
     emissions: EmissionsSettings | None = Field(
         default=None, description="grid intensity and PUE: the report states the audit's gCO2e")
 

@@ -90,17 +90,38 @@ class TextGenerator(Subject):
         """
         raise NotImplementedError
 
+    #: True when ``generate`` takes ``seed`` as a list (one per prompt) and a prompt's continuation
+    #: depends on its own seed only: probes then hand it whole lists (see audit.subjects.textgen).
+    per_sample_seeds: bool = False
+
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32,
-                 temperature: float = 0.0, seed: int = 0) -> list[str]:
-        """Continuations of ``prompts`` (greedy when temperature is 0)."""
+                 temperature: float = 0.0, seed: int | Sequence[int] = 0) -> list[str]:
+        """Continuations of ``prompts`` (greedy when temperature is 0).
+
+        ``seed`` is one seed for the call or, where ``per_sample_seeds``, one per prompt.
+        """
         raise NotImplementedError
 
 
 class HFTextGenerator(TextGenerator):
-    """A transformers causal LM and its tokenizer as a :class:`TextGenerator`."""
+    """A transformers causal LM and its tokenizer as a :class:`TextGenerator`.
 
-    def __init__(self, model: Any, tokenizer: Any, identity: SubjectIdentity, *, device: Any = None):
+    Generation runs through the batched engine (:mod:`audit.subjects.generation`): left-padded
+    batches of ``batch_size`` prompts with a KV cache, each sample seeded on its own.
+    ``chat_template`` (true, false or "auto") wraps prompts in the tokenizer's chat template.
+    Sampling uses the model's ``generation_config`` top-k / top-p, else transformers'
+    defaults (top-k 50, top-p 1).
+    """
+
+    per_sample_seeds = True
+
+    def __init__(self, model: Any, tokenizer: Any, identity: SubjectIdentity, *, device: Any = None,
+                 chat_template: bool | str = False, batch_size: int = 32):
+        import dataclasses
+
         import torch
+
+        from audit.subjects.textgen import chat_template_note, eos_token_ids, resolve_chat_template
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -115,6 +136,15 @@ class HFTextGenerator(TextGenerator):
         self.pad_token_id = int(pad) if pad is not None else 0
         cfg = getattr(model, "config", None)
         self.max_context = getattr(cfg, "max_position_embeddings", None)
+        self.chat_template = resolve_chat_template(chat_template, tokenizer)
+        note = chat_template_note(chat_template, tokenizer)
+        if note is not None and dataclasses.is_dataclass(identity):
+            self.identity = dataclasses.replace(identity, details={**identity.details, "chat_template": note})
+        self.batch_size = int(batch_size)
+        gen_cfg = getattr(model, "generation_config", None)
+        self.top_k = getattr(gen_cfg, "top_k", None) or 50
+        self.top_p = getattr(gen_cfg, "top_p", None) or 1.0
+        self.eos_token_ids = eos_token_ids(model, tokenizer)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
@@ -138,22 +168,21 @@ class HFTextGenerator(TextGenerator):
             )
         return -nll
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32,
-                 temperature: float = 0.0, seed: int = 0) -> list[str]:
-        import torch
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
+                 seed: int | Sequence[int] = 0, stop: Sequence[str] = ()) -> list[str]:
+        """Continuations of ``prompts``; ``stop`` strings end a continuation (and are cut off)."""
+        from audit.subjects.textgen import hf_generate
 
-        torch.manual_seed(seed)
-        out: list[str] = []
-        for prompt in prompts:  # one at a time: no left-padding subtleties across tokenizers
-            ids = self.tokenizer.encode(prompt, add_special_tokens=True, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                    top_p=None, top_k=None, pad_token_id=self.pad_token_id,
-                )
-            out.append(self.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-        return out
+        return hf_generate(self, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           stop=stop)[1]
+
+    def generate_tokens(self, prompts: Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
+                        seed: int | Sequence[int] = 0, stop: Sequence[str] = ()) -> list[list[int]]:
+        """The generated token ids of each continuation (EOS excluded), as :meth:`generate` makes them."""
+        from audit.subjects.textgen import hf_generate
+
+        return hf_generate(self, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           stop=stop)[0]
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.errors import InputError, require
+from audit.errors import InputError, SpecError, require
 from audit.findings import FileHash, SubjectIdentity
 from audit.spec import SubjectSpec
 from audit.subjects.base import HFTextGenerator, Subject, TextGenerator
@@ -257,6 +257,9 @@ def load_python_text_generator(spec: SubjectSpec, base_dir: Path, device: torch.
                          f"{type(exc).__name__}: {exc}") from exc
     name = spec.name or attr.rsplit(".", 1)[-1]
     if isinstance(result, TextGenerator):
+        if spec.chat_template is not False:
+            raise SpecError(f"subject.chat_template: {spec.path!r} returned its own TextGenerator, which formats "
+                            "its prompts itself; set chat_template when it returns a (model, tokenizer) pair")
         if not isinstance(getattr(result, "identity", None), SubjectIdentity):
             details = {**_model_details(getattr(result, "model", None)), "device": str(result.device)}
             result.identity = SubjectIdentity(
@@ -319,7 +322,7 @@ def _wrap(model: Any, tokenizer: Any, spec: SubjectSpec, device: torch.device, *
         name=name, kind=spec.kind, source=spec.source, path=spec.path, revision=revision, files=files,
         details={**_model_details(model), "device": str(device), **(details or {})},
     )
-    return HFTextGenerator(model, tokenizer, identity, device=device)
+    return HFTextGenerator(model, tokenizer, identity, device=device, chat_template=spec.chat_template)
 
 
 def _model_details(model: Any) -> dict[str, Any]:

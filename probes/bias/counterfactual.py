@@ -41,6 +41,7 @@ import numpy as np
 from audit.errors import InputError, SpecError
 from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
+from audit.subjects.textgen import generate_texts
 from probes.bias.engine import disaggregate, holm
 
 __all__ = ["CounterfactualGeneration", "EmbeddingScorer", "TextClassifierScorer", "build_scorer", "minilm_folder"]
@@ -242,14 +243,9 @@ class CounterfactualGeneration:
         # numbers), and a completion does not depend on the other prompts. Under torchrun each
         # rank completes and scores its share of the rows, gathered in row order.
         mine = ctx.dist.shard(len(rows))
-        own = []
-        for i in mine:
-            ti, _, _, s, prompt = rows[i]
-            out = list(subject.generate([prompt], max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                        seed=ctx.child_seed(f"sample{s}-template{ti}") % (2**31)))
-            if len(out) != 1:
-                raise InputError(f"{self.id}: the subject returned {len(out)} completions for 1 prompt")
-            own.append(out[0])
+        own = generate_texts(subject, [rows[i][4] for i in mine],
+                             [ctx.child_seed(f"sample{rows[i][3]}-template{rows[i][0]}") % (2**31) for i in mine],
+                             max_new_tokens=self.max_new_tokens, temperature=self.temperature, what=self.id)
 
         scorer, notes = build_scorer(self.scorer, self.scorer_model, self.scorer_label, device=ctx.device)
         own_scores = np.asarray(scorer(own), dtype=np.float64) if own else np.zeros(0)

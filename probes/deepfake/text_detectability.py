@@ -40,6 +40,7 @@ from audit.errors import InputError
 from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.subjects.textdata import read_documents
+from audit.subjects.textgen import generate_texts
 from probes.deepfake.metrics import (
     MIN_PER_CLASS,
     calibration_split,
@@ -203,8 +204,10 @@ class TextDetectability:
         # Each continuation has its own seed (by text index), so it does not depend on the other
         # prompts; under torchrun each rank generates its share, gathered in text order.
         mine = ctx.dist.shard(len(prompts))
-        generated = ctx.dist.gather([self._generate(subject, prompts[i], ctx.child_seed(f"generate-{i}"))
-                                     for i in mine], mine)
+        generated = ctx.dist.gather(
+            generate_texts(subject, [prompts[i] for i in mine], [ctx.child_seed(f"generate-{i}") for i in mine],
+                           max_new_tokens=self.continuation_tokens, temperature=float(self.temperature),
+                           what=self.id), mine)
         gen_ids = subject.encode(generated)
 
         pairs = []  # (doc id, prompt, human continuation, generated continuation), equal token counts
@@ -269,13 +272,6 @@ class TextDetectability:
         return findings
 
     # -- helpers ---------------------------------------------------------------------------
-    def _generate(self, subject: Any, prompt: str, seed: int) -> str:
-        out = list(subject.generate([prompt], max_new_tokens=self.continuation_tokens,
-                                    temperature=float(self.temperature), seed=seed))
-        if len(out) != 1:
-            raise InputError(f"{self.id}: the subject returned {len(out)} continuations for 1 prompt")
-        return out[0]
-
     def _check_count(self, n: int, what: str) -> None:
         if n < MIN_PER_CLASS:
             raise InputError(

@@ -301,13 +301,21 @@ def _workload(probe: InferenceEnergy, subject: Any, op: str, ctx: ProbeContext, 
         prompts = _prompts(probe, subject, ctx)
         groups = [prompts[i:i + probe.batch_size] for i in range(0, len(prompts), probe.batch_size)]
 
+        exact = callable(getattr(subject, "generate_tokens", None))
+
         def generate(i: int) -> float:
-            out = subject.generate(groups[i % len(groups)], max_new_tokens=probe.max_new_tokens, temperature=0.0, seed=0)
-            # Tokens generated, counted by re-encoding the continuations (generation may stop early at EOS).
+            group = groups[i % len(groups)]
+            if exact:  # the engine's own token ids: generation may stop early at EOS
+                ids = subject.generate_tokens(group, max_new_tokens=probe.max_new_tokens, temperature=0.0, seed=0)
+                return float(sum(len(t) for t in ids))
+            # Otherwise re-encode the text (a partial UTF-8 character decodes to U+FFFD, which
+            # re-encodes to several tokens, so this count is approximate).
+            out = subject.generate(group, max_new_tokens=probe.max_new_tokens, temperature=0.0, seed=0)
             return float(sum(len(ids) for ids in subject.encode(out)))
 
+        counted = "the generated token ids" if exact else "re-encoding the output"
         return _Workload(generate, probe.batch_size, f"greedy generation of up to {probe.max_new_tokens} tokens for "
-                         f"{probe.batch_size} prompt(s) per call; tokens counted by re-encoding the output")
+                         f"{probe.batch_size} prompt(s) per call, batched; tokens counted from {counted}")
     if kind == "image-generator":
         seed = ctx.child_seed("images")
         prompts = list(getattr(subject, "prompts", None) or _IMAGE_PROMPTS)

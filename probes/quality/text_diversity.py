@@ -29,6 +29,7 @@ from audit.findings import Finding
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci
 from audit.subjects.textdata import read_documents
+from audit.subjects.textgen import generate_texts
 from probes.quality.text_functional import distinct_n, self_bleu, tokenize
 
 __all__ = ["TextDiversity", "reference_scores"]
@@ -132,10 +133,14 @@ class TextDiversity:
         # Each sample has its own seed (prompt index, round), so the samples do not depend on the
         # order of the calls; under torchrun each rank samples its share of the prompts and the
         # samples are gathered in prompt order.
+        # The subject generates them in batches (audit.subjects.textgen).
         mine = ctx.dist.shard(len(prompts))
-        own = [[self._sample(subject, prompts[i], ctx.child_seed(f"sample-{i}-{j}"))
-                for j in range(self.samples_per_prompt)]
-               for i in ctx.progress(mine, total=len(mine), desc=f"{self.id}: prompts")]
+        k = self.samples_per_prompt
+        flat = generate_texts(subject, [prompts[i] for i in mine for _ in range(k)],
+                              [ctx.child_seed(f"sample-{i}-{j}") for i in mine for j in range(k)],
+                              max_new_tokens=self.max_new_tokens, temperature=float(self.temperature), what=self.id,
+                              progress=lambda calls: ctx.progress(calls, total=len(calls), desc=f"{self.id}: generating"))
+        own = [flat[r * k:(r + 1) * k] for r in range(len(mine))]
         samples = ctx.dist.gather(own, mine)
         tokens = [[tokenize(s) for s in per] for per in samples]
         ctx.record_samples({"item": d.id, "metric": "n_tokens", "score": len(tokens[i][j]), "text": text,
@@ -180,13 +185,6 @@ class TextDiversity:
                 findings.append(self._finding(k, np.array(values), True, ref_notes, ids, ctx,
                                               {"sentence_level": True, "library": "torchmetrics"}))
         return findings
-
-    def _sample(self, subject: Any, prompt: str, seed: int) -> str:
-        out = list(subject.generate([prompt], max_new_tokens=self.max_new_tokens,
-                                    temperature=float(self.temperature), seed=seed))
-        if len(out) != 1:
-            raise InputError(f"{self.id}: the subject returned {len(out)} continuations for 1 prompt")
-        return out[0]
 
     def _finding(self, metric: str, per_prompt: np.ndarray, higher: bool, notes: list[str], ids: list[str],
                  ctx: ProbeContext, evidence: dict[str, Any]) -> Finding:
