@@ -74,8 +74,8 @@ def test_sampling_sends_one_request_per_sample_with_its_seed(tmp_path):
     with server as url:
         remote = _remote(url, tmp_path)
         server.requests.clear()
-        a = remote.generate(["The", "The"], max_new_tokens=4, temperature=1.0, seeds=[3, 4])
-        b = remote.generate(["The"], max_new_tokens=4, temperature=1.0, seeds=[4])
+        a = remote.generate(["The", "The"], max_new_tokens=4, temperature=1.0, seed=[3, 4])
+        b = remote.generate(["The"], max_new_tokens=4, temperature=1.0, seed=[4])
     seeds = sorted(body["seed"] for path, body in server.requests if path == "/v1/completions")
     assert seeds == [3, 4, 4]
     assert a[1] == b[0]  # the same sample, whether asked alone or beside another
@@ -137,7 +137,7 @@ def test_generations_answer_by_prompt_in_file_order_and_by_seed(tmp_path):
     ])
     assert lm.capabilities == frozenset({"generate"})
     assert lm.generate(["A", "B", "A"]) == ["a1", "b1", "a2"]
-    assert lm.generate(["C"], seeds=[7]) == ["c7"]
+    assert lm.generate(["C"], seed=[7]) == ["c7"]
     assert lm.identity.files[0].path == "gens.jsonl" and len(lm.identity.files[0].sha256) == 64
     assert "needs the subject capabilities" in missing_capabilities(lm, Perplexity())
     with pytest.raises(InputError, match="asked for 3 times but the file holds 2"):

@@ -84,6 +84,8 @@ class GenerationsFile(TextGenerator):
     """
 
     capabilities = frozenset({"generate"})
+    #: generate() takes one seed per prompt (lines with a seed are matched by it).
+    per_sample_seeds = True
 
     def __init__(self, rows: Sequence[dict[str, Any]], identity: SubjectIdentity, *, source: str = ""):
         self.identity = identity
@@ -103,9 +105,10 @@ class GenerationsFile(TextGenerator):
         return list(self._outputs)
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
-                 seed: int = 0, seeds: Sequence[int] | None = None, **_: Any) -> list[str]:
+                 seed: int | Sequence[int] = 0, **_: Any) -> list[str]:
         """The file's outputs for ``prompts``; ``max_new_tokens`` and ``temperature`` were fixed when
         the file was made and are ignored here (the report states the source)."""
+        seeds = None if isinstance(seed, int) else [int(s) for s in seed]
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         out = []

@@ -101,12 +101,15 @@ class OpenAICompatibleGenerator(TextGenerator):
         self.max_context = max_context
         self.pad_token_id = 0
         self.capability_notes: dict[str, str] = {}
+        #: generate() takes one seed per prompt (sampled prompts go one request each, with its seed).
+        self.per_sample_seeds = True
         self.capabilities = frozenset({"generate"})
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
-                 seed: int = 0, seeds: Sequence[int] | None = None, **_: Any) -> list[str]:
+                 seed: int | Sequence[int] = 0, **_: Any) -> list[str]:
         prompts = list(prompts)
+        seeds = None if isinstance(seed, int) else [int(s) for s in seed]
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         if temperature <= 0:
@@ -114,7 +117,7 @@ class OpenAICompatibleGenerator(TextGenerator):
             for k in range(0, len(prompts), self.batch_size):
                 out += self._complete(prompts[k:k + self.batch_size], max_new_tokens, 0.0, None)
             return out
-        per_sample = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
+        per_sample = seeds if seeds is not None else [int(seed) + i for i in range(len(prompts))]
         with ThreadPoolExecutor(_SAMPLE_THREADS) as pool:
             return list(pool.map(lambda ps: self._complete([ps[0]], max_new_tokens, temperature, ps[1])[0],
                                  zip(prompts, per_sample)))
