@@ -211,14 +211,16 @@ class VisualInspection:
         from audit.subjects.textdata import read_documents
 
         docs = read_documents(ctx.input_path(self.prompts))[: self.max_prompts]
+        from audit.subjects.textgen import generate_texts
+
+        prompts = [self.prompt_template.replace("{prompt}", d.text) for d in docs]
+        # Every sample in one call (batched by the engine), each with its own seed as before.
+        flat = generate_texts(subject, [p for p in prompts for _ in range(self.per_prompt)],
+                              [ctx.child_seed(f"s-{i}-{j}") for i in range(len(docs)) for j in range(self.per_prompt)],
+                              max_new_tokens=self.max_new_tokens, temperature=float(self.temperature), what=self.id)
         rows, dup, total = [], 0, 0
         for i, d in enumerate(docs):
-            prompt = self.prompt_template.replace("{prompt}", d.text)
-            gens = []
-            for j in range(self.per_prompt):
-                out = list(subject.generate([prompt], max_new_tokens=self.max_new_tokens,
-                                            temperature=float(self.temperature), seed=ctx.child_seed(f"s-{i}-{j}")))
-                gens.append(out[0] if out else "")
+            gens = flat[i * self.per_prompt:(i + 1) * self.per_prompt]
             flags = duplicate_flags(gens)
             dup += sum(flags)
             total += len(gens)
