@@ -436,7 +436,7 @@ def test_torchrun_end_to_end_through_the_cli_rank_0_alone_writes_and_stores(tmp_
         assert len(st.list_audits()) == 1, "rank 0 alone ingests"
     single = run_audit(load_spec(tmp_path / "audit.yaml"), out_dir=tmp_path / "single", use_store=False)
     by_key = {f.key: f for f in single.report.findings}
-    assert len(by_key) == len(report.findings) == 7  # 3 for the corpus, 2 per genre
+    assert len(by_key) == len(report.findings) == 9  # 5 for the corpus, 2 per genre
     for f in report.findings:
         g = by_key[f.key]
         assert f.n == g.n and math.isclose(f.value, g.value, rel_tol=1e-6)
