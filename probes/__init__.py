@@ -26,4 +26,7 @@ BUILTIN_PROBES: dict[str, str] = {
     "energy.inference": "probes.energy.inference:InferenceEnergy",
     "privacy.image_replication": "probes.privacy.image_replication:ImageReplication",
     "quality.visual_inspection": "probes.quality.visual_inspection:VisualInspection",
+    "privacy.extraction": "probes.privacy.extraction:Extraction",
+    "privacy.membership_inference": "probes.privacy.membership_inference:MembershipInference",
+    "privacy.pii_leakage": "probes.privacy.pii_leakage:PiiLeakage",
 }
