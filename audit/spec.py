@@ -52,11 +52,20 @@ class SubjectSpec(_Frozen):
     chat_template: bool | Literal["auto"] = Field(
         default=False, description="text generators: wrap prompts in the tokenizer's chat template for the "
         "generating probes (true, false, or auto: when the tokenizer has one); perplexity reads raw text")
+    adapter: str | None = Field(default=None, description="a peft adapter folder (LoRA, ...) applied on top, "
+                                "relative to the spec (text-generator)")
+    merge: bool = Field(default=False, description="merge the adapter into the base weights after loading")
 
     @model_validator(mode="after")
     def _chat_template_kind(self) -> SubjectSpec:
         if self.chat_template is not False and self.kind != "text-generator":
             raise ValueError(f"chat_template applies to text-generator subjects; this subject is a {self.kind}")
+        return self
+
+    @model_validator(mode="after")
+    def _merge_needs_adapter(self) -> SubjectSpec:
+        if self.merge and self.adapter is None:
+            raise ValueError("merge: true needs an adapter (subject.adapter: PATH of a peft adapter folder)")
         return self
 
 
@@ -332,4 +341,8 @@ def spec_fingerprint(spec: dict[str, Any]) -> str:
     d.pop("gates", None)
     d.pop("name", None)
     (d.get("settings") or {}).pop("emissions", None)  # applied to the energy at the end, not to findings
+    subject = d.get("subject") or {}
+    for key, default in (("adapter", None), ("merge", False)):  # specs without an adapter keep their hash
+        if key in subject and subject[key] == default:
+            subject.pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -120,7 +120,12 @@ def load_subject(spec: SubjectSpec, *, base_dir: Path = Path("."), device: str =
     if isinstance(loader, str):  # lazy "module:function": other subject kinds live in their own modules
         module_name, _, attr = loader.partition(":")
         loader = getattr(importlib.import_module(module_name), attr)
-    return loader(spec, Path(base_dir), torch_device, Path(cache_dir))
+    subject = loader(spec, Path(base_dir), torch_device, Path(cache_dir))
+    if getattr(spec, "adapter", None) is not None:  # a peft adapter on top (audit.subjects.adapters)
+        from audit.subjects.adapters import apply_adapter
+
+        subject = apply_adapter(subject, spec, Path(base_dir))
+    return subject
 
 
 # (kind, source) -> loader, or a lazy "module:function" naming one. Each subject kind's
