@@ -18,7 +18,7 @@ from tests.energy_fakes import energy_inference_inputs
 from tests.fakes import tiny_text_generator
 from tests import test_diffusion_likelihood, test_text_detectability, test_text_diversity
 from tests import bias_fakes, deepfake_fakes, human_fakes, image_fakes
-from tests import robustness_support
+from tests import privacy_fakes, robustness_support
 from tests import test_image_replication, test_visual_inspection
 
 
@@ -50,6 +50,9 @@ FAKES = {
     "bias.embedding_association": bias_fakes.embedding_association_inputs,
     "privacy.image_replication": test_image_replication.replication_contract_inputs,
     "quality.visual_inspection": test_visual_inspection.visual_contract_inputs,
+    "privacy.extraction": privacy_fakes.extraction_inputs,
+    "privacy.membership_inference": privacy_fakes.membership_inputs,
+    "privacy.pii_leakage": privacy_fakes.pii_inputs,
 }
 
 # Probes that record per-sample rows (ctx.record_samples, written to samples.parquet).

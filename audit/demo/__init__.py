@@ -34,6 +34,8 @@ DEMO_PARTS: tuple[str, ...] = (
     "audit.demo.robustness:digits_robustness_spec",
     "audit.demo.fairness:adult_fairness_spec",
     "audit.demo.fairness:minilm_association_spec",
+    "audit.demo.privacy:smollm2_privacy_base_spec",
+    "audit.demo.privacy:smollm2_privacy_lora_spec",
 )
 
 
