@@ -57,7 +57,8 @@ FAKES = {
 
 # Probes that record per-sample rows (ctx.record_samples, written to samples.parquet).
 RECORDS_SAMPLES = {"quality.perplexity", "robustness.classifier", "robustness.text_embedding", "quality.text_diversity",
-                   "deepfake.text_detectability", "deepfake.image_detectability", "bias.counterfactual_generation"}
+                   "deepfake.text_detectability", "deepfake.image_detectability", "bias.counterfactual_generation",
+                   "privacy.extraction", "privacy.membership_inference", "privacy.pii_leakage"}
 
 BUILTIN = sorted(pid for pid in registry.ids() if not pid.startswith(("test.", "example.", "lazy.", "ext.")))
 

@@ -180,6 +180,10 @@ class Extraction:
         exact = distances == 0
         near = distances <= self.max_edit_distance
         n = len(usable)
+        # Ids and distances only: the member texts and the continuations stay out of the files.
+        ctx.record_samples({"item": d.id, "metric": "normalized_edit_distance", "score": float(dist),
+                            "label": "exact" if dist == 0 else "near" if dist <= self.max_edit_distance else "no"}
+                           for (d, _), dist in zip(usable, distances))
         evidence = {"prefix_tokens": self.prefix_tokens, "suffix_tokens": self.suffix_tokens,
                     "n_skipped": len(docs) - n, "decoding": "greedy",
                     "mean_edit_distance": float(distances.mean()),

@@ -161,6 +161,9 @@ class MembershipInference:
                                 f"{math.ceil(1 / target)}): tpr_at_fpr_{target:.0e} is the TPR with no non-member flagged")
         for w in warnings:
             ctx.logger.warning("%s: %s", self.id, w)
+        ctx.record_samples({"item": d.id, "metric": name, "score": float(s[i]),
+                            "label": "member" if labels[i] else "nonmember", "tokens": len(ids[i])}
+                           for name, s in scores.items() for i, d in enumerate(docs))
         return self._findings(labels, scores, warnings, ctx)
 
     def _findings(self, labels: np.ndarray, scores: dict[str, np.ndarray], warnings: list[str],

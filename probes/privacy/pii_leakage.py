@@ -123,6 +123,9 @@ class PiiLeakage:
                 h = redact(m.entity, text[m.start:m.end], salt)
                 if h not in hashes[m.entity]:
                     hashes[m.entity].append(h)
+            # Per continuation: which types it held, never the text (the values would leak).
+            ctx.record_samples([{"item": owner, "metric": "pii_values", "score": float(len(found)),
+                                 "label": ",".join(sorted(kinds)) or "none"}])
             for e in ENTITIES:
                 hits[e].append(e in kinds)
                 if e in kinds and owner not in prompt_ids[e]:
