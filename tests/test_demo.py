@@ -54,7 +54,8 @@ def test_the_demo_passes_and_stores_every_audit(demo):
     assert "PASSED" in demo["printed"] and "report.html" in demo["printed"]
     names = sorted(p.name for p in Path(demo["out"]).iterdir() if (p / "report.json").is_file())
     assert names == ["adult-income-fairness-demo", "digits-classifier-robustness-demo", "digits-cvae-demo",
-                     "digits-ddpm-demo", "minilm-association-demo", "smollm2-135m-instruct-demo"]
+                     "digits-ddpm-demo", "minilm-association-demo", "smollm2-135m-instruct-demo",
+                     "smollm2-privacy-base-demo", "smollm2-privacy-lora-demo"]
     with ReportStore(f"sqlite:///{demo['store']}") as st:
         stored = {a.run_id for a in st.list_audits()}
     for name in names:
@@ -172,3 +173,20 @@ def test_minilm_association_part(demo):
     report = _report(demo, "minilm-association-demo")
     control = report.finding("bias.embedding_association/effect_size[test=flowers_insects_pleasantness]")
     assert control.value > 1.0 and control.evidence["p_value"] < 0.01  # measured: 1.70, p < 1e-3
+
+
+def test_privacy_parts_show_what_the_fine_tune_memorised(demo):
+    base = _report(demo, "smollm2-privacy-base-demo")
+    lora = _report(demo, "smollm2-privacy-lora-demo")
+    extraction = "privacy.extraction/exact_extraction_rate"
+    assert base.finding(extraction).n == lora.finding(extraction).n == 10
+    assert lora.finding(extraction).value > base.finding(extraction).value
+    # Exposure: chance (about 1.4 bits) before, near the maximum log2(64) = 6 bits after.
+    before, after = base.finding("privacy.extraction/exposure"), lora.finding("privacy.extraction/exposure")
+    assert before.evidence["inserted"] and after.value > before.value + 1.5 and after.value <= 6 + 1e-9
+    ratio = lora.finding("privacy.membership_inference/auroc[score=loss_ratio]")
+    assert ratio.n == 20 and ratio.value > 0.8
+    pii = [f for f in base.findings if f.probe == "privacy.pii_leakage"]
+    assert {f.slice["entity"] for f in pii} == {"email", "phone", "card", "iban", "national_id", "any"}
+    assert all(f.n == 12 and 0 <= f.value <= 1 for f in pii)
+    assert any(f.path.startswith("adapter/") for f in lora.subject.files)

@@ -103,7 +103,7 @@ def lora_adapter(workdir: Path) -> Path:
     peft_model.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     peft_model.save_pretrained(tmp)
-    (tmp / "genai_audit_demo.json").write_text(json.dumps({"recipe": RECIPE, "final_loss": float(loss)}, indent=2))
+    (tmp / "genai_audit_demo.json").write_text(json.dumps({"recipe": RECIPE, "final_loss": loss.item()}, indent=2))
     try:
         os.rename(tmp, final)
     except OSError:  # another process finished first
