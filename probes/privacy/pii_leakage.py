@@ -108,7 +108,8 @@ class PiiLeakage:
         prompts = [d.text for d in docs for _ in range(self.samples_per_prompt)]
         owners = [d.id for d in docs for _ in range(self.samples_per_prompt)]
         generated = list(subject.generate(prompts, max_new_tokens=self.max_new_tokens,
-                                          temperature=float(self.temperature), seed=ctx.child_seed("pii")))
+                                          temperature=float(self.temperature),
+                                          seed=[ctx.child_seed(f"pii/{i}") for i in range(len(prompts))]))
         if len(generated) != len(prompts):
             raise InputError(f"{self.id}: the subject returned {len(generated)} continuations for {len(prompts)} prompts")
         hits: dict[str, list[bool]] = {e: [] for e in ENTITIES}
