@@ -47,7 +47,11 @@ import numpy as np
 from audit.errors import InputError, SpecError
 from audit.findings import Interval
 from audit.stats import wilson_interval
+from probes.bias.policies import POLICIES, ThresholdPolicy, evaluate_policy, policy_from_dict
+from probes.bias.rates import RATE_METRICS, GapTest, RateMetric, binary_labels, fisher_tests, holm, proportions, some
 
+# The rate metrics (probes.bias.rates) and policies (probes.bias.policies) live in their own
+# modules; they are re-exported here, where the probes and users have always found them.
 __all__ = [
     "POLICIES",
     "RATE_METRICS",
@@ -63,57 +67,6 @@ __all__ = [
     "holm",
     "policy_from_dict",
 ]
-
-# Confusion cells in sklearn's ravel order: tn, fp, fn, tp.
-TN, FP, FN, TP = 0, 1, 2, 3
-
-
-@dataclass(frozen=True)
-class RateMetric:
-    """A metric that is a ratio of confusion counts: ``sum(cells in num) / sum(cells in den)``.
-
-    ``fairlearn`` is the name of the Fairlearn (or scikit-learn) function with the same value,
-    used for the point values through MetricFrame.
-    """
-
-    name: str
-    num: tuple[int, ...]
-    den: tuple[int, ...]
-    higher_is_better: bool
-    fairlearn: str
-    #: What the denominator is, for the warning when it is empty ("no positives").
-    den_label: str
-
-    def from_counts(self, counts: np.ndarray) -> np.ndarray:
-        """The metric from counts ``[..., 4]`` (nan where the denominator is 0)."""
-        num = counts[..., list(self.num)].sum(-1).astype(np.float64)
-        den = counts[..., list(self.den)].sum(-1).astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    def successes_trials(self, counts: np.ndarray) -> tuple[int, int]:
-        return int(counts[list(self.num)].sum()), int(counts[list(self.den)].sum())
-
-    def fn(self) -> Callable[..., float]:
-        import fairlearn.metrics as flm
-        import sklearn.metrics as skm
-
-        return getattr(flm, self.fairlearn, None) or getattr(skm, self.fairlearn)
-
-
-_ALL = (TN, FP, FN, TP)
-RATE_METRICS: dict[str, RateMetric] = {m.name: m for m in (
-    RateMetric("selection_rate", (FP, TP), _ALL, True, "selection_rate", "rows"),
-    RateMetric("accuracy", (TN, TP), _ALL, True, "accuracy_score", "rows"),
-    RateMetric("true_positive_rate", (TP,), (FN, TP), True, "true_positive_rate", "positives (label 1)"),
-    RateMetric("false_positive_rate", (FP,), (TN, FP), False, "false_positive_rate", "negatives (label 0)"),
-    RateMetric("false_negative_rate", (FN,), (FN, TP), False, "false_negative_rate", "positives (label 1)"),
-    RateMetric("true_negative_rate", (TN,), (TN, FP), True, "true_negative_rate", "negatives (label 0)"),
-    RateMetric("precision", (TP,), (FP, TP), True, "precision_score", "predicted positives"),
-    RateMetric("base_rate", (FN, TP), _ALL, True, "mean_prediction", "rows"),
-)}
-"""The built-in rate metrics (binary labels and predictions, 1 is the positive class)."""
-# base_rate is the share of positive labels; MetricFrame gets it from y_true (see _point_fns).
 
 
 @dataclass(frozen=True)
@@ -151,168 +104,6 @@ class Gap:
     high_group: tuple[str, ...] | None = None
     warnings: tuple[str, ...] = ()
 
-
-@dataclass(frozen=True)
-class GapTest:
-    """One group against the rest of the data on one rate metric (Fisher's exact test)."""
-
-    metric: str
-    group: tuple[str, ...]
-    value: float
-    rest_value: float
-    difference: float
-    p_value: float
-    p_holm: float = math.nan
-
-
-@dataclass(frozen=True)
-class ThresholdPolicy:
-    """A named bound on a gap metric, e.g. ``demographic_parity_ratio >= 0.8``.
-
-    ``kind`` says what the bound is: ``legal-heuristic`` (a rule of thumb from a legal
-    context, such as the four-fifths rule; meeting it is not a finding of fairness, failing
-    it is not a finding of discrimination), or ``policy`` (a threshold a team chose).
-    """
-
-    name: str
-    metric: str
-    min: float | None = None
-    max: float | None = None
-    kind: Literal["legal-heuristic", "policy"] = "policy"
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.min is None) == (self.max is None):
-            raise SpecError(f"threshold policy '{self.name}': give exactly one of min or max "
-                            f"(got min={self.min!r}, max={self.max!r})")
-
-    def describe(self) -> str:
-        bound = f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
-        return f"{self.metric} {bound}"
-
-
-_FOUR_FIFTHS_NOTE = (
-    "The four-fifths rule (US EEOC Uniform Guidelines on Employee Selection Procedures, "
-    "29 CFR 1607.4(D)) is a legal rule of thumb for flagging possible adverse impact in "
-    "selection rates. It is a heuristic, not a verdict: meeting it does not show a model is "
-    "fair, failing it does not show discrimination; it ignores sampling error, base rates "
-    "and error-rate disparities, and it has legal meaning only in the contexts it was written for."
-)
-
-POLICIES: dict[str, ThresholdPolicy] = {p.name: p for p in (
-    ThresholdPolicy("four_fifths", "demographic_parity_ratio", min=0.8, kind="legal-heuristic",
-                    note=_FOUR_FIFTHS_NOTE),
-    ThresholdPolicy("demographic_parity_0.1", "demographic_parity_difference", max=0.1,
-                    note="selection rates of all groups within 10 percentage points (a common policy choice)"),
-    ThresholdPolicy("equalized_odds_0.1", "equalized_odds_difference", max=0.1,
-                    note="TPR and FPR of all groups within 10 percentage points (a common policy choice)"),
-)}
-"""Named threshold policies; specs add their own with :func:`policy_from_dict`."""
-
-
-def policy_from_dict(name: str, d: Mapping[str, Any]) -> ThresholdPolicy:
-    """A policy from a spec mapping ``{metric, min|max, note?}`` (a team's own threshold).
-
-    Example:
-        >>> policy_from_dict("strict", {"metric": "demographic_parity_difference", "max": 0.05}).describe()
-        'demographic_parity_difference <= 0.05'
-    """
-    if not isinstance(d, Mapping):
-        raise SpecError(f"threshold policy '{name}': expected a mapping with metric and min or max, got {d!r}")
-    unknown = set(d) - {"metric", "min", "max", "note"}
-    if unknown:
-        raise SpecError(f"threshold policy '{name}': unknown keys {sorted(unknown)}; expected metric, min|max, note")
-    if not isinstance(d.get("metric"), str):
-        raise SpecError(f"threshold policy '{name}': 'metric' must name a gap metric, "
-                        f"e.g. demographic_parity_difference, got {d.get('metric')!r}")
-    for key in ("min", "max"):
-        v = d.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise SpecError(f"threshold policy '{name}': {key} must be a number, got {v!r}")
-    return ThresholdPolicy(name, d["metric"], min=d.get("min"), max=d.get("max"), kind="policy",
-                           note=str(d.get("note", "")))
-
-
-def evaluate_policy(policy: ThresholdPolicy, value: float, ci: Interval | None) -> dict[str, Any]:
-    """Whether ``value`` meets ``policy``, and whether its interval is clear of the bound.
-
-    Returns ``{"met": bool | None, "confidence": "met" | "not met" | "inconclusive" | "unknown", ...}``
-    where ``confidence`` compares the whole interval with the bound.
-
-    Example:
-        >>> evaluate_policy(POLICIES["four_fifths"], 0.85, Interval(0.75, 0.95, "x"))["confidence"]
-        'inconclusive'
-    """
-    if not math.isfinite(value):
-        return {"met": None, "confidence": "unknown", "bound": policy.describe()}
-    ok = (lambda v: v >= policy.min) if policy.min is not None else (lambda v: v <= policy.max)
-    met = bool(ok(value))
-    confidence = "unknown"
-    if ci is not None:
-        lo_ok, hi_ok = ok(ci.low), ok(ci.high)
-        confidence = "met" if lo_ok and hi_ok else "not met" if not lo_ok and not hi_ok else "inconclusive"
-    return {"met": met, "confidence": confidence, "bound": policy.describe()}
-
-
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control), nan kept as nan.
-
-    The i-th smallest of m p-values is multiplied by ``m - i + 1``, made monotone with a
-    running maximum and capped at 1 (Holm 1979).
-
-    Example:
-        >>> holm([0.01, 0.04, 0.03]).round(4).tolist()
-        [0.03, 0.06, 0.06]
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return out
-    idx = np.flatnonzero(ok)
-    order = idx[np.argsort(p[idx], kind="stable")]
-    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
-    out[order] = adjusted
-    return out
-
-
-def binary_labels(values: Any, *, what: str, positive: Any = None) -> np.ndarray:
-    """``values`` as a 0/1 int array: equal to ``positive`` when given, else values in {0, 1}.
-
-    Raises:
-        InputError: the values are not binary (naming the values found) and no positive
-            value was given, or ``positive`` does not occur.
-
-    Example:
-        >>> binary_labels([">50K", "<=50K"], what="label", positive=">50K").tolist()
-        [1, 0]
-    """
-    import pandas as pd
-
-    s = pd.Series(values)
-    if s.isna().any():
-        rows = s.index[s.isna()].tolist()
-        raise InputError(f"{what}: {len(rows)} missing values (rows {_some(rows)}); every row needs one")
-    if positive is not None:
-        match = s.astype(str) == str(positive)
-        if not match.any():
-            raise InputError(f"{what}: no value equals the positive value {positive!r}; "
-                             f"values found: {_some(sorted(s.astype(str).unique()))}")
-        return match.to_numpy().astype(np.int64)
-    uniq = pd.unique(s)
-    if s.dtype == bool:
-        return s.to_numpy().astype(np.int64)
-    try:
-        as_num = pd.to_numeric(s)
-    except (ValueError, TypeError):
-        as_num = None
-    if as_num is None or not set(np.unique(as_num.to_numpy())) <= {0, 1}:
-        raise InputError(
-            f"{what}: binary metrics need labels in {{0, 1}} (1 = positive), got {len(uniq)} distinct values "
-            f"{_some([str(u) for u in uniq[:20]])}; say which value is the positive one (positive_label)"
-        )
-    return as_num.to_numpy().astype(np.int64)
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -472,7 +263,7 @@ def disaggregate(
             vals = set(np.unique(arr).tolist())
             if not vals <= {0, 1, True, False}:
                 raise InputError(f"{what}: the rate metrics ({', '.join(rate)}) need binary values in {{0, 1}}, "
-                                 f"got {len(vals)} distinct values {_some(sorted(map(str, vals)))}")
+                                 f"got {len(vals)} distinct values {some(sorted(map(str, vals)))}")
         y_true = y_true.astype(np.int64)
         y_pred = y_pred.astype(np.int64)
 
@@ -525,8 +316,8 @@ def disaggregate(
             _fill_metric(d, name, group_keys, sizes, small, group_vals, overall_val, boot_g, boot_o,
                          undefined=f"no {m.den_label} in this group: {name} is undefined (nan), not 0",
                          overall_undefined=f"no {m.den_label} in the data: {name} is undefined",
-                         proportions=_proportions(m, counts))
-        d._tests = _fisher_tests(rate, counts, group_keys)
+                         proportions=proportions(m, counts))
+        d._tests = fisher_tests(rate, counts, group_keys)
 
     # Any other metric: resample rows (or clusters) and call it.
     if custom:
@@ -596,9 +387,9 @@ def _fill_metric(d: Disaggregation, name: str, keys: list[tuple[str, ...]], size
         value = float(_gap_statistic(vals[eligible][None, :], np.array([overall]), kind)[0])
         value_all = float(_gap_statistic(vals[defined][None, :], np.array([overall]), kind)[0])
         if undefined_groups:
-            w.append(f"{name} is undefined on {_some([_label(k) for k in undefined_groups])}: left out of the gap")
+            w.append(f"{name} is undefined on {some([_label(k) for k in undefined_groups])}: left out of the gap")
         if excluded:
-            w.append(f"small groups left out (n < {d.min_group_size}): {_some([_label(k) for k in excluded])}; "
+            w.append(f"small groups left out (n < {d.min_group_size}): {some([_label(k) for k in excluded])}; "
                      f"over all groups the {kind} is {value_all:.4g}")
         if int(eligible.sum()) < 2 and not kind.endswith("to_overall"):
             w.append(f"fewer than 2 groups with n >= {d.min_group_size} and a defined {name} "
@@ -618,11 +409,6 @@ def _fill_metric(d: Disaggregation, name: str, keys: list[tuple[str, ...]], size
             ev = vals[eligible]
             lo, hi = ek[int(np.argmin(ev))], ek[int(np.argmax(ev))]
         d._gaps[(name, kind)] = Gap(name, kind, value, ci, value_all, tuple(keys), excluded, lo, hi, tuple(w))
-
-
-def _proportions(m: RateMetric, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    full = np.concatenate([counts, counts.sum(0, keepdims=True)])
-    return full[:, list(m.num)].sum(1), full[:, list(m.den)].sum(1)
 
 
 def _gap_statistic(group_vals: np.ndarray, overall: np.ndarray, kind: str) -> np.ndarray:
@@ -647,26 +433,6 @@ def _gap_statistic(group_vals: np.ndarray, overall: np.ndarray, kind: str) -> np
             r = np.where(np.isinf(r), 0.0, r)
             return np.nanmin(r, 1)
     raise ValueError(f"unknown gap kind {kind!r}")
-
-
-def _fisher_tests(rate: Mapping[str, RateMetric], counts: np.ndarray, keys: list[tuple[str, ...]]) -> list[GapTest]:
-    from scipy.stats import fisher_exact
-
-    tests = []
-    total = counts.sum(0)
-    if len(keys) < 2:
-        return tests
-    for name, m in rate.items():
-        for g, key in enumerate(keys):
-            s_g, t_g = m.successes_trials(counts[g])
-            s_r, t_r = m.successes_trials(total - counts[g])
-            if t_g == 0 or t_r == 0:
-                continue
-            p = float(fisher_exact([[s_g, t_g - s_g], [s_r, t_r - s_r]]).pvalue)
-            tests.append(GapTest(name, key, s_g / t_g, s_r / t_r, s_g / t_g - s_r / t_r, p))
-    adjusted = holm([t.p_value for t in tests])
-    return [GapTest(t.metric, t.group, t.value, t.rest_value, t.difference, t.p_value, float(a))
-            for t, a in zip(tests, adjusted)]
 
 
 def _group_codes(sens: Any) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
@@ -730,7 +496,3 @@ def _label(key: tuple[str, ...]) -> str:
     return "+".join(key)
 
 
-def _some(items: Sequence[Any], k: int = 5) -> str:
-    items = list(items)
-    shown = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:k])
-    return shown + (f" and {len(items) - k} more" if len(items) > k else "")
