@@ -29,6 +29,8 @@ from audit.yamlsafe import SpecLoader, cut, quote, yaml_word_hint
 
 __all__ = ["AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "load_spec", "parse_metric_ref", "spec_fingerprint"]
 
+#: The largest spec file read (a spec names its inputs; it does not hold them).
+MAX_SPEC_BYTES = 10 * 1024 * 1024
 SUBJECT_KINDS = ("text-generator", "image-generator", "classifier", "encoder")
 _METRIC_RE = re.compile(r"^(?P<probe>[\w.\-]+)/(?P<metric>[\w.\-]+)(?:\[(?P<slice>[^\]]+)\])?$")
 
@@ -279,6 +281,9 @@ def load_spec(path: str | Path) -> AuditSpec:
         raise SpecError(f"spec file not found: {p}")
     if p.is_dir():
         raise SpecError(f"{p}: is a folder; expected a YAML or JSON spec file")
+    if p.is_file() and p.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{p}: {p.stat().st_size:_} bytes; a spec is at most {MAX_SPEC_BYTES:_} bytes "
+                        "(put large inputs in data files and name them under `data:`)")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -288,11 +293,15 @@ def load_spec(path: str | Path) -> AuditSpec:
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise SpecError(f"{p}: invalid JSON: nested too deeply to read") from None
         except json.JSONDecodeError as exc:
             raise SpecError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     else:
         try:
             data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
+        except RecursionError:
+            raise SpecError(f"{p}: invalid YAML: nested too deeply to read") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

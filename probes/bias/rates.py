@@ -138,8 +138,11 @@ def binary_labels(values: Any, *, what: str, positive: Any = None) -> np.ndarray
     if positive is not None:
         match = s.astype(str) == str(positive)
         if not match.any():
+            from audit.yamlsafe import yaml_word_hint
+
             raise InputError(f"{what}: no value equals the positive value {positive!r}; "
-                             f"values found: {some(sorted(s.astype(str).unique()))}")
+                             f"values found: {some(sorted(s.astype(str).unique()))}."
+                             f"{yaml_word_hint(positive) if isinstance(positive, bool) else ''}")
         return match.to_numpy().astype(np.int64)
     uniq = pd.unique(s)
     if s.dtype == bool:
