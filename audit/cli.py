@@ -282,6 +282,7 @@ def card(report_path: Path, out: Path | None) -> None:
     from audit.findings import AuditReport, atomic_write_text
     from audit.render.card import render_card
 
+    _not_a_folder(out, "--out")
     text = render_card(AuditReport.load(report_path))
     if out is None:
         click.echo(text, nl=False)

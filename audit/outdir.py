@@ -1,6 +1,6 @@
 """The output folder of a run: the reports of an earlier run there are set aside at the start.
 
-A run writes ``report.json`` (and html, md, junit.xml) only at its end. If it is killed, the
+A run writes ``report.json`` (and html, md, junit.xml, samples.parquet) only at its end. If it is killed, the
 folder would still hold the *previous* run's reports, which a CI step or a person would then
 take for this run's. So, before the first probe runs, :func:`set_aside_previous` moves them to
 ``OUT/.previous/`` (replacing what an older run left there) together with ``STALE.txt`` saying
@@ -30,8 +30,9 @@ __all__ = ["PREVIOUS_DIR", "REPORT_NAMES", "drop_previous", "set_aside_previous"
 log = logging.getLogger("genai_audit")
 
 PREVIOUS_DIR = ".previous"
-#: The files a run writes into its output folder (see audit.render.write_reports).
-REPORT_NAMES = ("report.json", "report.html", "report.md", "junit.xml")
+#: The files a run (or the demo, for MODEL_CARD.md) writes into its output folder at its end
+#: (audit.render.write_reports, audit.samples).
+REPORT_NAMES = ("report.json", "report.html", "report.md", "junit.xml", "samples.parquet", "MODEL_CARD.md")
 
 
 def set_aside_previous(out: Path) -> Path | None:

@@ -372,4 +372,6 @@ def spec_fingerprint(spec: dict[str, Any]) -> str:
     for key, default in (("adapter", None), ("merge", False)):  # specs without an adapter keep their hash
         if key in subject and subject[key] == default:
             subject.pop(key)
+    for key in ("allow_empty", "confine_paths"):  # they decide whether the audit runs or passes, not its findings
+        (d.get("settings") or {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

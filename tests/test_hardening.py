@@ -241,7 +241,8 @@ def test_a_folder_where_a_file_is_expected(tmp_path, capsys):
     good = _report(tmp_path, "release", "model-a", "out")
     folder = good.parent
     for args in (["check", folder], ["check", good, "--junit", folder], ["check", good, "--baseline", folder],
-                 ["diff", good, folder], ["run", write_spec(tmp_path), "--baseline", folder, "--no-store"]):
+                 ["diff", good, folder], ["run", write_spec(tmp_path), "--baseline", folder, "--no-store"],
+                 ["card", good, "--out", folder], ["card", folder]):
         code, _, err = invoke(capsys, *args)
         assert code == 2 and "is a folder" in err and "Traceback" not in err, (args, err)
     assert "did you mean" in invoke(capsys, "check", folder)[2]
