@@ -404,6 +404,12 @@ def build_probe(probe_id: str, params: Mapping[str, Any] | None = None, *, where
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:
         raise SpecError(f"{prefix}params: probe '{probe_id}' needs the parameter(s) {', '.join(missing)}")
+    from audit.limits import limits_for
+
+    for name, limit in limits_for(cls).items():  # before the probe's own checks, which may combine values
+        if ParamCheck.is_int(values.get(name)) and values[name] > limit:
+            raise SpecError(f"{prefix}{probe_id}: {name} must be an integer <= {limit:_} (more would exhaust "
+                            f"memory or time; this bound is set in audit/limits.py), got {values[name]!r}")
     try:
         probe = cls(**values)
         ParamCheck(probe).upper_bounds()

@@ -1,5 +1,5 @@
 """The team store on a real PostgreSQL server (Debian's binaries, initdb in a temporary folder,
-127.0.0.1 only): ingest, list, history, two concurrent writers, the dashboard's data layer and
+127.0.0.1 only): ingest, list, history, two concurrent writers, the dashboard's data layer (dashboard/data.py, history.py) and
 the CLI reading from it. Skipped, with the reason, when the server binaries are missing."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_missing_driver_names_the_extra(monkeypatch):
 
 
 def test_plain_postgresql_url_uses_the_driver_of_the_extra():
-    from audit.store import _parse_url
+    from audit.store_db import parse_url as _parse_url
 
     assert _parse_url("postgresql://u:secret@h/db").drivername == "postgresql+psycopg"
     assert _parse_url("postgresql+psycopg2://u@h/db").drivername == "postgresql+psycopg2"  # as given
@@ -75,7 +75,7 @@ def test_two_processes_write_at_once(pg_url):
 
 
 def test_dashboard_data_layer_reads_the_server(pg_url):
-    from dashboard import data
+    from dashboard import data, history
 
     with ReportStore(pg_url) as s:
         s.ingest(make_report(name="pg-dash", run_id="pg-dash-1", created_at="2026-02-01T00:00:00Z"))
@@ -88,10 +88,10 @@ def test_dashboard_data_layer_reads_the_server(pg_url):
         model = mine[0].subject_name
         assert model in data.models_of(rows)
         assert sum(data.status_counts(mine).values()) == 2
-        assert PPL in data.metric_keys(s, mine, model)
-        trend = data.trend_frame(s.metric_history(model, PPL))
+        assert PPL in history.metric_keys(s, mine, model)
+        trend = history.trend_frame(s.metric_history(model, PPL))
         assert {"pg-dash-1", "pg-dash-2"} <= set(trend["run id"])
-        changes = data.compare_reports(s.get("pg-dash-1"), s.get("pg-dash-2"))
+        changes = history.compare_reports(s.get("pg-dash-1"), s.get("pg-dash-2"))
         assert changes and {c.direction for c in changes} <= {"same", "n/a"}  # n/a: the NaN finding
 
 
