@@ -45,6 +45,35 @@ def _load_baseline(path: str | None):
     return AuditReport.load(path)
 
 
+def _warn_unrelated(what: str, a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+    """Warn when two reports (or a spec and a report) are of different audits or subjects."""
+    from audit.compare import unrelated_reason
+
+    why = unrelated_reason(a, b)
+    if why:
+        _echo_err(f"warning: {what}: {why}")
+
+
+def _check_store(store_url: str | None, no_store: bool) -> None:
+    """Open the store before the audit runs, so that a bad URL is exit 2 at once, not a
+    warning after a long audit."""
+    if no_store:
+        return
+    from audit.distributed import torchrun_env
+    from audit.store import ReportStore, default_store_url
+
+    env = torchrun_env()
+    if env is not None and env[0] != 0:
+        return  # rank 0 alone writes the store
+    with ReportStore(store_url or default_store_url()):
+        pass
+
+
+def _not_a_folder(path: Path | None, what: str) -> None:
+    if path is not None and path.is_dir():
+        raise AuditError(f"{what} {path}: is a folder; expected a file path")
+
+
 def _store_option(f):
     return click.option(
         "--store", "store_url", metavar="URL", envvar="GENAI_AUDIT_STORE",
@@ -79,6 +108,8 @@ def _run_and_report(spec, out: Path, *, baseline, resume, store_url, no_store, d
     result = run_audit(spec, out_dir=out, baseline=baseline, resume=resume, store_url=store_url,
                        use_store=not no_store, device=device, on_event=say)
     report = result.report
+    if env is None or env[0] == 0:
+        _say_if_nothing_measured(report)
     if not quiet:
         print_scorecard(report, _console())
         click.echo(f"Reports: {', '.join(str(p) for p in result.files.values())}")
@@ -110,6 +141,10 @@ def run(spec_path: Path, out: Path | None, baseline: str | None, resume: bool, d
 
     spec = load_spec(spec_path)
     base = _load_baseline(baseline)
+    if base is not None:
+        _warn_unrelated(f"--baseline {baseline}", (base.name, base.subject.name, base.subject.path),
+                        (spec.name, spec.subject.name or spec.subject.path, spec.subject.path))
+    _check_store(store_url, no_store)
     out = out or Path("audit-out") / _safe_name(spec.name)
     if nproc is not None and nproc > 1:
         args = [str(spec_path), "--out", str(out)]
@@ -120,6 +155,15 @@ def run(spec_path: Path, out: Path | None, baseline: str | None, resume: bool, d
         sys.exit(_launch_torchrun(nproc, args))
     sys.exit(_run_and_report(spec, out, baseline=base, resume=resume, store_url=store_url,
                              no_store=no_store, device=device, quiet=quiet))
+
+
+def _say_if_nothing_measured(report: Any) -> None:
+    if report.nothing_measured:
+        reasons = "; ".join(f"{pid}: {st.reason}" for pid, st in report.probes.items())
+        from audit.yamlsafe import cut
+
+        _echo_err(f"error: nothing was measured: every probe was skipped as not applicable ({cut(reasons, 600)}). "
+                  "Set `settings.allow_empty: true` in the spec to accept an empty audit.")
 
 
 #: Set by ``run --nproc`` for its ranks: rank 0 writes the audit's exit code to this file, and
@@ -188,6 +232,7 @@ def check(report_path: Path, baseline: str | None, spec_path: Path | None, junit
     from audit.render import print_scorecard, render_junit
     from audit.spec import GateSpec, load_spec
 
+    _not_a_folder(junit, "--junit")
     report = AuditReport.load(report_path)
     if spec_path is not None:
         gates = load_spec(spec_path).gates
@@ -197,9 +242,13 @@ def check(report_path: Path, baseline: str | None, spec_path: Path | None, junit
         except Exception as exc:
             raise AuditError(f"{report_path}: the gates recorded in the report are invalid: {exc}") from None
     base = _load_baseline(baseline)
+    if base is not None:
+        _warn_unrelated(f"--baseline {baseline}", (base.name, base.subject.name, base.subject.path),
+                        (report.name, report.subject.name, report.subject.path))
     report = report.with_gates(evaluate_gates(gates, report.findings, base.findings if base else None,
                                               probes=report.probes))
     print_scorecard(report, _console())
+    _say_if_nothing_measured(report)
     if junit is not None:
         atomic_write_text(junit, render_junit(report))
     sys.exit(report.exit_code)
@@ -214,7 +263,10 @@ def diff(a: Path, b: Path, markdown: bool) -> None:
     from audit.compare import diff_markdown, diff_reports, render_diff_table
     from audit.findings import AuditReport
 
-    changes = diff_reports(AuditReport.load(a), AuditReport.load(b))
+    ra, rb = AuditReport.load(a), AuditReport.load(b)
+    _warn_unrelated(f"{a} and {b}", (ra.name, ra.subject.name, ra.subject.path),
+                    (rb.name, rb.subject.name, rb.subject.path))
+    changes = diff_reports(ra, rb)
     if markdown:
         click.echo(diff_markdown(changes))
     else:
@@ -230,6 +282,7 @@ def card(report_path: Path, out: Path | None) -> None:
     from audit.findings import AuditReport, atomic_write_text
     from audit.render.card import render_card
 
+    _not_a_folder(out, "--out")
     text = render_card(AuditReport.load(report_path))
     if out is None:
         click.echo(text, nl=False)
@@ -283,6 +336,7 @@ def demo(out: Path, device: str | None, no_store: bool, only: tuple[str, ...], s
     from audit.demo import DEMO_PARTS, build_demo_specs, write_model_card
     from audit.runner import default_cache_dir
 
+    _check_store(store_url, no_store)
     # Match --only against the parts' entries first, so unselected parts train nothing.
     parts = tuple(p for p in DEMO_PARTS if any(o in p for o in only)) or DEMO_PARTS
     specs = build_demo_specs(out, workdir=default_cache_dir() / "demo", parts=parts)
@@ -387,6 +441,17 @@ def _add_optional_commands() -> None:
 _add_optional_commands()
 
 
+def _bounded(message: str, *, max_lines: int = 60, max_line: int = 1000) -> str:
+    """An error message cut to a size a terminal can show (each line and the line count)."""
+    from audit.yamlsafe import cut
+
+    lines = message.splitlines() or [""]
+    shown = [cut(line, max_line) for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        shown.append(f"... and {len(lines) - max_lines} more lines")
+    return "\n".join(shown)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns our errors into one line and an exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -412,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     except AuditError as exc:
         if _State.debug:
             traceback.print_exc()
-        _echo_err(f"error: {exc}")
+        _echo_err(f"error: {_bounded(str(exc))}")
         _exit(exc.exit_code)
     except KeyboardInterrupt:
         _echo_err("interrupted; rerun with --resume to reuse the finished probes")
@@ -420,7 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug of ours, not the user's input: never exit 1 (a gate failed)
         if _State.debug:
             traceback.print_exc()
-        _echo_err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        _echo_err(f"error: internal error: {type(exc).__name__}: {_bounded(str(exc))} "
+                  "(rerun with --debug for the traceback)")
         _exit(EXIT_PROBE_CRASHED)
 
 

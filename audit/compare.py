@@ -36,6 +36,7 @@ __all__ = [
     "diff_reports",
     "intervals_overlap",
     "render_diff_table",
+    "unrelated_reason",
 ]
 
 Direction = Literal["better", "worse", "same", "added", "removed", "n/a"]
@@ -164,8 +165,92 @@ def _cells(c: FindingChange) -> tuple[str, str, str, str, str]:
     return before, after, delta, relative, beyond
 
 
+def unrelated_reason(a: tuple[str, str, str], b: tuple[str, str, str]) -> str | None:
+    """Why two reports (or a spec and a report) are not two runs of the same audit, or None.
+
+    Each side is ``(audit name, subject name, subject path)``. They are related when the
+    audit names are equal and the subjects share a name or a path.
+
+    Example:
+        >>> unrelated_reason(("rc", "gpt2", "gpt2"), ("rc", "gpt2-v2", "gpt2"))
+        >>> unrelated_reason(("rc", "m", "a"), ("fairness", "m", "a"))
+        "audit 'rc' (subject 'm') against audit 'fairness' (subject 'm'): another audit; its findings may not be comparable"
+    """
+    (name_a, subj_a, path_a), (name_b, subj_b, path_b) = a, b
+    other = []
+    if name_a != name_b:
+        other.append("another audit")
+    if subj_a != subj_b and path_a != path_b:
+        other.append("another subject")
+    if not other:
+        return None
+    from audit.yamlsafe import quote
+
+    return (f"audit {quote(name_a, 80)} (subject {quote(subj_a, 80)}) against audit {quote(name_b, 80)} "
+            f"(subject {quote(subj_b, 80)}): {' and '.join(other)}; its findings may not be comparable")
+
+
+#: Columns of the diff table besides Finding, and their overhead per column (padding + rule).
+_COLUMNS = ("Before", "After", "Δ", "Change")
+_MIN_FINDING_WIDTH = 16
+
+
+def _key_lines(c: FindingChange, width: int) -> list[str]:
+    """The finding's key in lines of at most ``width`` characters: ``probe/metric`` then the
+    slice's ``key=value`` parts; a probe or metric name too long for a line is folded, a slice
+    part abbreviated with ``…``."""
+    f = c.after or c.before
+    assert f is not None  # a change has at least one side (compare_findings checks)
+    parts = [f"{f.probe}/", f.metric]
+    slice_parts = [f"{k}={v}" for k, v in sorted(f.slice.items())]
+    if slice_parts:
+        slice_parts[0] = "[" + slice_parts[0]
+        slice_parts = [p + "," for p in slice_parts[:-1]] + [slice_parts[-1] + "]"]
+    lines: list[str] = []
+    line = ""
+    for i, part in enumerate(parts + slice_parts):
+        sep = "" if i < 3 or not line else " "
+        if len(line) + len(sep) + len(part) <= width:
+            line += sep + part
+            continue
+        if line:
+            lines.append(line)
+        if len(part) <= width:
+            line = part
+        elif i < 2:  # the probe and the metric are folded, never cut: they name the finding
+            chunks = [part[j:j + width] for j in range(0, len(part), width)]
+            lines.extend(chunks[:-1])
+            line = chunks[-1]
+        else:  # a slice part too long for the column: abbreviated
+            line = part[: max(1, width - 1)] + "…"
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _narrow_cells(c: FindingChange) -> tuple[str, str, str, str]:
+    """Before, after, change (absolute and relative) and direction (with the interval verdict),
+    each on at most two short lines."""
+    def side(f: Finding | None) -> str:
+        if f is None:
+            return "—"
+        if f.ci is None:
+            return format_value(f)
+        return f"{format_value(f)}\n[{format_number(f.ci.low, digits=3)}, {format_number(f.ci.high, digits=3)}]"
+
+    _, _, delta, relative, _ = _cells(c)
+    change = delta if relative == "—" else f"{delta}\n{relative}"
+    verdict = {True: "beyond CIs", False: "within CIs", None: ""}[c.beyond_intervals]
+    direction = c.direction if not verdict else f"{c.direction}\n{verdict}"
+    return side(c.before), side(c.after), change, direction
+
+
 def render_diff_table(changes: Sequence[FindingChange], console: Console | None = None) -> None:
-    """Print the changes as a rich table, coloured by direction.
+    """Print the changes as a rich table, coloured by direction, fitted to the console's width.
+
+    The value columns are as narrow as their contents (a value over its interval, a change
+    over its relative change); the Finding column takes the rest, its key broken after the
+    probe and between slice parts, and a part too long for it abbreviated with ``…``.
 
     Args:
         changes: from :func:`diff_reports`.
@@ -180,26 +265,26 @@ def render_diff_table(changes: Sequence[FindingChange], console: Console | None 
     from rich.text import Text
 
     console = console or Console()
-    table = Table(title="Changes", title_justify="left", box=box.SIMPLE_HEAD, expand=True)
-    table.add_column("Finding", overflow="fold", ratio=1)
-    table.add_column("Before", justify="right")
-    table.add_column("After", justify="right")
-    table.add_column("Δ", justify="right", no_wrap=True)
-    table.add_column("Δ%", justify="right", no_wrap=True)
-    table.add_column("Change", no_wrap=True)
-    table.add_column("Beyond CIs", no_wrap=True)
-    for c in changes:
-        before, after, delta, relative, beyond = _cells(c)
+    rows = [_narrow_cells(c) for c in changes]
+    widths = [max([len(h)] + [len(line) for r in rows for line in r[i].splitlines()])
+              for i, h in enumerate(_COLUMNS)]
+    # SIMPLE_HEAD: a space of padding each side of a cell and one rule character between and
+    # around the cells: 3 per column, plus 1 (measured with rich 13/14).
+    overhead = 3 * (len(_COLUMNS) + 1) + 1
+    finding_w = max(_MIN_FINDING_WIDTH, console.width - overhead - sum(widths))
+    longest = max((len(line) for c in changes for line in _key_lines(c, 10**6)), default=0)
+    finding_w = min(finding_w, max(longest, len("Finding")))
+    table = Table(title="Changes", title_justify="left", box=box.SIMPLE_HEAD, expand=False)
+    table.add_column("Finding", width=finding_w, no_wrap=True, overflow="ellipsis")
+    for name, w in zip(_COLUMNS, widths):
+        table.add_column(name, width=w, no_wrap=True, overflow="ellipsis",
+                         justify="right" if name != "Change" else "left")
+    for c, (before, after, delta, direction) in zip(changes, rows):
         style = _DIRECTION_STYLES[c.direction]
-        table.add_row(
-            Text(c.key),
-            Text(before),
-            Text(after),
-            Text(delta),
-            Text(relative),
-            Text(c.direction, style=style),
-            Text(beyond, style="bold" if c.beyond_intervals else "dim"),
-        )
+        if c.beyond_intervals and c.direction == "worse":
+            style = "bold red reverse"
+        table.add_row(Text("\n".join(_key_lines(c, finding_w))), Text(before), Text(after), Text(delta),
+                      Text(direction, style=style))
     if not changes:
         table.caption = "no findings in either report"
     console.print(table)

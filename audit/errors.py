@@ -9,6 +9,8 @@ Exit codes (the contract CI relies on):
 
 from __future__ import annotations
 
+import os
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_INVALID = 2
@@ -24,6 +26,8 @@ __all__ = [
     "MissingDependencyError",
     "ReportError",
     "SpecError",
+    "model_not_found",
+    "require",
 ]
 
 
@@ -55,6 +59,15 @@ class MissingDependencyError(AuditError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+def model_not_found(path: os.PathLike[str] | str, *, given: str, base_dir: os.PathLike[str] | str,
+                    what: str = "subject.path") -> InputError:
+    """The error for a model path that does not exist, with the absolute path it was looked for
+    at (a relative ``base_dir`` such as ``.`` says nothing in a CI log)."""
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    folder = os.path.abspath(os.fspath(base_dir))
+    return InputError(f"model path not found: {absolute} ({what} {given!r}, relative to the spec's folder {folder})")
 
 
 def require(module: str, *, extra: str, purpose: str):

@@ -185,11 +185,20 @@ class AuditReport:
         failed = [p for p in self.probes.values() if p.status == "failed"]
         if any(p.error_kind != "input" for p in failed):
             return "crashed"
-        if failed:
+        if failed or self.nothing_measured:
             return "invalid"
         if any(g.status == "failed" for g in self.gates):
             return "failed"
         return "passed"
+
+    @property
+    def nothing_measured(self) -> bool:
+        """Every probe was skipped as not applicable, and the spec did not allow that
+        (``settings.allow_empty``): an audit that measured nothing must not pass."""
+        if not self.probes or any(p.status != "skipped" for p in self.probes.values()):
+            return False
+        settings = self.spec.get("settings") if isinstance(self.spec, Mapping) else None
+        return not (isinstance(settings, Mapping) and settings.get("allow_empty") is True)
 
     @property
     def exit_code(self) -> int:
@@ -197,7 +206,7 @@ class AuditReport:
         failed = [p for p in self.probes.values() if p.status == "failed"]
         if any(p.error_kind != "input" for p in failed):
             return 3
-        if failed:
+        if failed or self.nothing_measured:
             return 2
         if any(g.status == "failed" for g in self.gates):
             return 1
@@ -251,6 +260,9 @@ class AuditReport:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AuditReport:
         p = Path(path)
+        if p.is_dir():
+            hint = f" (did you mean {p / 'report.json'}?)" if (p / "report.json").is_file() else ""
+            raise ReportError(f"{p}: is a folder; expected a report.json file{hint}")
         if not p.is_file():
             raise ReportError(f"report file not found: {p}")
         try:

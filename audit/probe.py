@@ -197,7 +197,22 @@ class ParamCheck:
         self.params = params
 
     def fail(self, name: str, expected: str) -> typing.NoReturn:
-        raise SpecError(f"{self.params.id}: {name} must be {expected}, got {getattr(self.params, name)!r}")
+        from audit.yamlsafe import quote
+
+        raise SpecError(f"{self.params.id}: {name} must be {expected}, got {quote(getattr(self.params, name))}")
+
+    def upper_bounds(self) -> None:
+        """Refuse counts whose memory or time would exhaust the machine (``n_resamples:
+        1000000000000``): every integer parameter named in :data:`audit.limits.PARAM_LIMITS`,
+        or in the probe's own ``param_limits`` (a class attribute that overrides it), must be
+        at most its limit. :func:`build_probe` calls it, so it holds before any model loads."""
+        from audit.limits import limits_for
+
+        for name, limit in limits_for(self.params).items():
+            value = getattr(self.params, name, None)
+            if self.is_int(value) and value > limit:
+                self.fail(name, f"an integer <= {limit:_} (more would exhaust memory or time; "
+                                f"this bound is set in audit/limits.py)")
 
     @staticmethod
     def is_int(value: Any) -> bool:
@@ -366,25 +381,39 @@ def build_probe(probe_id: str, params: Mapping[str, Any] | None = None, *, where
     values: dict[str, Any] = {}
     for key, value in params.items():
         if key not in fields:
+            from audit.yamlsafe import cut, yaml_word_hint
+
             known = ", ".join(sorted(fields)) or "none"
+            name = cut(key) if isinstance(key, str) else repr(key)
             raise SpecError(
-                f"{prefix}params.{key}: unknown parameter for probe '{probe_id}'."
-                f"{did_you_mean(key, fields)} Its parameters are: {known}"
+                f"{prefix}params.{name}: unknown parameter for probe '{probe_id}'."
+                f"{did_you_mean(name, fields)}{yaml_word_hint(key)} Its parameters are: {known}"
             )
         try:
             values[key] = _validate_param(hints[key], value)
         except ValidationError as exc:
-            msg = exc.errors()[0]["msg"]
+            from audit.yamlsafe import quote, yaml_word_hint
+
+            first = exc.errors()[0]
+            hint = yaml_word_hint(value) if first["type"] == "string_type" else ""
             raise SpecError(
-                f"{prefix}params.{key}: expected {_type_name(hints[key])}, got {value!r} ({msg})"
+                f"{prefix}params.{key}: expected {_type_name(hints[key])}, got {quote(value)} ({first['msg']}){hint}"
             ) from None
     missing = [n for n, f in fields.items()
                if n not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:
         raise SpecError(f"{prefix}params: probe '{probe_id}' needs the parameter(s) {', '.join(missing)}")
+    from audit.limits import limits_for
+
+    for name, limit in limits_for(cls).items():  # before the probe's own checks, which may combine values
+        if ParamCheck.is_int(values.get(name)) and values[name] > limit:
+            raise SpecError(f"{prefix}{probe_id}: {name} must be an integer <= {limit:_} (more would exhaust "
+                            f"memory or time; this bound is set in audit/limits.py), got {values[name]!r}")
     try:
-        return cls(**values)
+        probe = cls(**values)
+        ParamCheck(probe).upper_bounds()
+        return probe
     except SpecError as exc:
         raise SpecError(f"{prefix}{exc}") from None
     except (TypeError, ValueError) as exc:

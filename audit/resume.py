@@ -110,6 +110,9 @@ def start_run(spec: AuditSpec, probes: Sequence[Any], out: Path, partial: Partia
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    from audit.outdir import set_aside_previous
+
+    set_aside_previous(out)  # a killed run must not leave the last run's reports looking like its own
     fingerprint = spec.fingerprint()
     inputs = inputs_digest(spec)
     run_info = partial.load_run() if resume else None

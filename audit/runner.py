@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from audit.distributed import Distributed
 from audit.errors import AuditError, InputError
 from audit.findings import AuditReport, Finding, ProbeStatus, SubjectIdentity, jsonable
 from audit.gates import evaluate_gates
+from audit.outdir import drop_previous
 from audit.probe import ProbeContext
 from audit.ranks import (
     RanksFailed,
@@ -316,7 +318,13 @@ class _LazySubject:
         loader = self._loader
         if loader is None:
             from audit.subjects.loading import load_subject as loader
-        self._subject = loader(sspec, base_dir=Path(run.spec.base_dir), device=str(run.device), cache_dir=run.cache)
+        try:
+            self._subject = loader(sspec, base_dir=Path(run.spec.base_dir), device=str(run.device),
+                                   cache_dir=run.cache)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused it: input, not a bug
+            raise InputError(f"subject {sspec.path!r}: a pickled weights file was refused by the safe "
+                             f"loader (it holds objects other than tensors, which could run code): "
+                             f"{str(exc).splitlines()[0][:200]}. Convert the weights to safetensors.") from None
         self._timings["load_subject_s"] = time.perf_counter() - t0
         if self.identity is not None and self.identity.files != self._subject.identity.files:
             # Resumed findings were measured on other weights: mixing them would misreport.
@@ -487,6 +495,7 @@ def _write(run: _Run, report: AuditReport, samples: list[Any], *, store_url: str
     except (OSError, ImportError) as exc:  # the reports are written; per-sample rows are extra
         run.say(f"warning: {sample_records.SAMPLES_FILE} was not written: {exc}")
     run.partial.clear()
+    drop_previous(run.out)
     store_error = stored_in = None
     if use_store:
         try:

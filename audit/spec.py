@@ -25,9 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from audit.errors import SpecError
 from audit.probe import build_probe, did_you_mean
+from audit.yamlsafe import SpecLoader, cut, quote, yaml_word_hint
 
 __all__ = ["AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "load_spec", "parse_metric_ref", "spec_fingerprint"]
 
+#: The largest spec file read (a spec names its inputs; it does not hold them).
+MAX_SPEC_BYTES = 10 * 1024 * 1024
 SUBJECT_KINDS = ("text-generator", "image-generator", "classifier", "encoder")
 _METRIC_RE = re.compile(r"^(?P<probe>[\w.\-]+)/(?P<metric>[\w.\-]+)(?:\[(?P<slice>[^\]]+)\])?$")
 
@@ -79,11 +82,12 @@ class GateSpec(_Frozen):
     regression limit against a baseline report (``max_drop``/``max_rise``)."""
 
     metric: str
-    min: float | None = None
-    max: float | None = None
+    # A NaN bound compares false with everything, so a gate with one could never fail.
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
     use: Literal["value", "ci_low", "ci_high"] = "value"
-    max_drop: float | None = Field(default=None, ge=0)
-    max_rise: float | None = Field(default=None, ge=0)
+    max_drop: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_rise: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     relative: bool = Field(default=False, description="max_drop/max_rise as a fraction of the baseline")
     significant_only: bool = Field(
         default=False, description="fail a regression only when the intervals do not overlap"
@@ -151,6 +155,10 @@ class Settings(_Frozen):
                                 "(torch.set_num_threads; default: torch's own), recorded in the report")
     emissions: EmissionsSettings | None = Field(
         default=None, description="grid intensity and PUE: the report states the audit's gCO2e")
+    allow_empty: bool = Field(
+        default=False, description="accept an audit in which every probe was skipped (else exit 2)")
+    confine_paths: bool = Field(
+        default=False, description="refuse data, model and code paths outside the spec's folder")
 
 
 class AuditSpec(_Frozen):
@@ -243,7 +251,9 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
-            msg = f"{msg}, got {err['input']!r}"
+            msg = f"{msg}, got {quote(err['input'])}"
+            if err["type"] == "string_type":
+                msg += yaml_word_hint(err["input"])
         lines.append(f"{source}: {_loc(loc)}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
@@ -264,25 +274,6 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that reads floats as YAML 1.2 does: PyYAML (YAML 1.1) reads ``1e-3`` as a
-    string, which would turn ``eps: 1e-3`` into a type error."""
-
-
-_SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
 def load_spec(path: str | Path) -> AuditSpec:
     """Read, validate and freeze an audit spec; probe parameters are checked by each probe."""
     p = Path(path)
@@ -290,6 +281,9 @@ def load_spec(path: str | Path) -> AuditSpec:
         raise SpecError(f"spec file not found: {p}")
     if p.is_dir():
         raise SpecError(f"{p}: is a folder; expected a YAML or JSON spec file")
+    if p.is_file() and p.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{p}: {p.stat().st_size:_} bytes; a spec is at most {MAX_SPEC_BYTES:_} bytes "
+                        "(put large inputs in data files and name them under `data:`)")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -299,39 +293,72 @@ def load_spec(path: str | Path) -> AuditSpec:
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise SpecError(f"{p}: invalid JSON: nested too deeply to read") from None
         except json.JSONDecodeError as exc:
             raise SpecError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     else:
         try:
-            data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
+        except RecursionError:
+            raise SpecError(f"{p}: invalid YAML: nested too deeply to read") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
-            raise SpecError(f"{p}: invalid YAML{where}: {problem}") from None
+            raise SpecError(f"{p}: invalid YAML{where}: {cut(problem, 500)}") from None
     return spec_from_dict(data, source=str(p), base_dir=p.parent)
 
 
 def spec_from_dict(data: Any, *, source: str = "<spec>", base_dir: str | Path = ".") -> AuditSpec:
+    """Validate ``data`` (a parsed spec) into an :class:`AuditSpec`.
+
+    Every problem found is listed in one :class:`SpecError`, one line each: unknown probe
+    ids, the spec's own keys, and each known probe's parameters. Only the errors that follow
+    from an unknown probe id (a gate naming it) are left out.
+    """
     if not isinstance(data, dict):
         got = "an empty file" if data is None else type(data).__name__
         raise SpecError(f"{source}: expected a mapping with name, subject and probes at the top level, got {got}")
-    # Unknown probe ids first: other errors (a gate naming the probe) follow from that typo.
     from audit.probe import registry
 
+    errors: list[str] = []
+    unknown: set[str] = set()
     probes = data.get("probes")
-    if isinstance(probes, list):
-        for i, p in enumerate(probes):
-            pid = p.get("id") if isinstance(p, dict) else None
-            if isinstance(pid, str) and pid not in registry:
-                raise SpecError(f"{source}: probes[{i}].id: unknown probe '{pid}'."
-                                f"{did_you_mean(pid, registry.ids())} Run `genai-audit probes` to list them.")
+    raw_probes = probes if isinstance(probes, list) else []
+    for i, p in enumerate(raw_probes):
+        pid = p.get("id") if isinstance(p, dict) else None
+        if isinstance(pid, str) and pid not in registry:
+            unknown.add(pid)
+            errors.append(f"{source}: probes[{i}].id: unknown probe {quote(pid)}."
+                          f"{did_you_mean(pid, registry.ids())} Run `genai-audit probes` to list them.")
+    spec: AuditSpec | None = None
     try:
         spec = AuditSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format_validation_error(source, exc)) from None
-    spec._base_dir = str(base_dir)
-    spec.build_probes(source=source)  # each probe validates its own parameters
+        lines = _format_validation_error(source, exc).splitlines()
+        # A gate naming a probe "this spec does not run" follows from the unknown id: not listed.
+        errors += [ln for ln in lines if not (unknown and "which this spec does not run" in ln)]
+    # Each known probe checks its parameters, even when other keys are wrong.
+    for i, p in enumerate(raw_probes):
+        if not isinstance(p, dict) or not isinstance(p.get("id"), str) or p["id"] in unknown:
+            continue
+        params = p.get("params") or {}
+        if not isinstance(params, dict):
+            continue  # reported by the spec's own validation
+        try:
+            build_probe(p["id"], params, where=f"{source}: probes[{i}]")
+        except SpecError as exc:
+            errors.append(str(exc))
+    if spec is not None:
+        spec._base_dir = str(base_dir)
+        if spec.settings.confine_paths:
+            from audit.confine import confinement_errors
+
+            errors += [f"{source}: {e}" for e in confinement_errors(spec)]
+    if errors or spec is None:
+        head = f"{source}: {len(errors)} problems:\n" if len(errors) > 1 else ""
+        raise SpecError(head + "\n".join(errors))
     return spec
 
 
@@ -345,4 +372,6 @@ def spec_fingerprint(spec: dict[str, Any]) -> str:
     for key, default in (("adapter", None), ("merge", False)):  # specs without an adapter keep their hash
         if key in subject and subject[key] == default:
             subject.pop(key)
+    for key in ("allow_empty", "confine_paths"):  # they decide whether the audit runs or passes, not its findings
+        (d.get("settings") or {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -139,7 +139,10 @@ class ReportStore:
         try:
             engine = create_engine(self._url, **kwargs)
         except (ArgumentError, NoSuchModuleError, ImportError, TypeError) as exc:
-            raise InputError(f"cannot open the audit store {self.url}: {db_reason(exc)}") from None
+            from audit.store_db import driver_hint
+
+            raise InputError(f"cannot open the audit store {self.url}: {db_reason(exc)}"
+                             f"{driver_hint(self._url, exc)}") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", sqlite_on_connect)
             event.listen(engine, "begin", sqlite_on_begin)

@@ -56,10 +56,37 @@ def parse_url(raw: str) -> URL:
         # A bare path: what users type on the command line.
         text = path_to_sqlite_url(Path(text))
     try:
-        return make_url(text)
+        return default_driver(make_url(text))
     except (ArgumentError, ValueError) as exc:
         raise InputError(f"cannot parse the audit store URL {mask_password(raw)!r}: {db_reason(exc)}") from None
 
+
+
+#: Backends whose driver an extra of genai-audit installs: backend -> (SQLAlchemy driver, extra).
+DRIVER_EXTRAS = {"postgresql": ("psycopg", "postgres")}
+
+
+def default_driver(url: URL) -> URL:
+    """``postgresql://`` means SQLAlchemy's default driver (psycopg2); the ``[postgres]`` extra
+    installs psycopg 3, so a URL that names no driver gets that one."""
+    known = DRIVER_EXTRAS.get(url.drivername)
+    return url.set(drivername=f"{url.drivername}+{known[0]}") if known else url
+
+
+def driver_hint(url: URL, exc: BaseException) -> str:
+    """Which extra installs the missing database driver, for an import error at connect."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    if not isinstance(exc, (ImportError, NoSuchModuleError)):
+        return ""
+    known = DRIVER_EXTRAS.get(url.get_backend_name())
+    if known is not None and url.get_driver_name() == known[0]:
+        return f". Install the driver with: pip install 'genai-audit[{known[1]}]'"
+    if known is not None:
+        return (f". The genai-audit[{known[1]}] extra installs {known[0]}: write the URL as "
+                f"{url.get_backend_name()}://... (or {url.get_backend_name()}+{known[0]}://...), or install "
+                f"{url.get_driver_name()} yourself")
+    return f". Install the Python driver for {url.drivername} (see SQLAlchemy's dialect documentation)"
 
 
 def mask_password(raw: str) -> str:

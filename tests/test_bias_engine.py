@@ -203,3 +203,46 @@ def test_policies_four_fifths_is_labelled_a_heuristic_and_custom_ones_validate()
         policy_from_dict("bad", {"metric": "x"})
     with pytest.raises(SpecError, match="unknown keys"):
         policy_from_dict("bad", {"metric": "x", "max": 1, "maximum": 2})
+
+
+def _adult_like():
+    """Two big groups, and two groups of more than 30 rows with only 3 and 5 positives (TPR 0/3
+    and 4/5): the sex+race cells that made equalized odds 0.80 on Adult with no warning."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for name, n, pos, tp, fp in (("a", 1000, 400, 200, 60), ("b", 1000, 500, 300, 50), ("c", 40, 3, 0, 4),
+                                 ("d", 35, 5, 4, 3)):
+        y = np.r_[np.ones(pos), np.zeros(n - pos)].astype(int)
+        p = np.r_[np.ones(tp), np.zeros(pos - tp), np.ones(fp), np.zeros(n - pos - fp)].astype(int)
+        order = rng.permutation(n)
+        parts.append((y[order], p[order], [name] * n))
+    y, p, g = (np.concatenate([x[i] for x in parts]) for i in range(3))
+    return y, p, pd.Series(g, name="group")
+
+
+def test_rates_on_too_few_positives_are_flagged_and_left_out_of_the_gaps():
+    from fairlearn.metrics import equalized_odds_difference
+
+    y, p, sf = _adult_like()
+    d = disaggregate(y, p, sf, metrics=["true_positive_rate", "false_positive_rate", "selection_rate"],
+                     min_group_size=30, n_resamples=200)
+    tpr = {g.group[0]: g for g in d.groups("true_positive_rate")}
+    assert tpr["c"].value == 0.0 and tpr["d"].value == pytest.approx(0.8)  # 0/3 and 4/5, reported
+    for k, positives in (("c", 3), ("d", 5)):
+        assert tpr[k].small and tpr[k].n > 30 and tpr[k].denominator == positives
+        assert any(f"rests on {positives} positives (label 1)" in w for w in tpr[k].warnings), tpr[k].warnings
+    # The same groups have enough rows and negatives: selection rate and FPR keep them.
+    assert not any(g.small for g in d.groups("selection_rate"))
+    assert not any(g.small for g in d.groups("false_positive_rate"))
+    gap = d.gap("true_positive_rate", "difference")
+    assert gap.value == pytest.approx(0.6 - 0.5) and set(gap.excluded_small) == {("c",), ("d",)}
+    assert gap.value_all_groups == pytest.approx(0.8)  # what Fairlearn reports over every group
+    eo = d.combined_gap("equalized_odds_difference", ("true_positive_rate", "false_positive_rate"))
+    fpr = {k: fp / neg for k, fp, neg in (("a", 60, 600), ("b", 50, 500), ("c", 4, 37), ("d", 3, 30))}
+    assert eo.value == pytest.approx(max(0.1, max(fpr.values()) - min(fpr.values())))
+    assert eo.value_all_groups == pytest.approx(equalized_odds_difference(y, p, sensitive_features=sf))
+    # Two sentences, one per rate, each saying which gap it is.
+    tpr_w = [w for w in eo.warnings if "true_positive_rate difference is 0.8" in w]
+    assert len(tpr_w) == 1 and "or fewer positives (label 1)" in tpr_w[0]
+    assert all("over all groups the difference" not in w for w in eo.warnings)
+

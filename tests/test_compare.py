@@ -192,3 +192,40 @@ def test_render_diff_table() -> None:
     console = Console(record=True, width=100)
     render_diff_table([], console)
     assert "no findings in either report" in console.export_text()
+
+
+def _intersectional_changes(n: int = 60) -> list:
+    """Two audits of a classifier's fairness by sex+race: long metric names, long slice values."""
+    races = ["Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White"]
+    out = []
+    for i in range(n):
+        sl = {"race": races[i % 5] + ("-and-a-very-long-group-name" if i % 7 == 0 else ""),
+              "sex": ["Female", "Male"][i % 2], "attribute": "sex+race"}
+        metric = ["true_positive_rate", "false_positive_rate_difference", "selection_rate"][i % 3]
+        a = Finding("bias.classifier", metric, 0.5 + i / 1000, True, ci=Interval(0.41234, 0.61234, "w"), slice=sl)
+        b = Finding("bias.classifier", metric, 0.4 + i / 1000, True, ci=Interval(0.31234, 0.51234, "w"), slice=sl)
+        out.append(compare_findings(a, b))
+    out.append(compare_findings(None, Finding("quality.perplexity", "perplexity", 12.3, False)))
+    return out
+
+
+@pytest.mark.parametrize("width, max_lines_per_change", [(80, 6), (200, 2)])
+def test_diff_table_fits_the_terminal(width: int, max_lines_per_change: int) -> None:
+    changes = _intersectional_changes()
+    console = Console(width=width, record=True, highlight=False)
+    render_diff_table(changes, console)
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    # Each change takes a few lines (it took one line per character of its name: 5,286 for two audits).
+    assert len(lines) <= 5 + max_lines_per_change * len(changes), len(lines)
+    text = "\n".join(lines)
+    # Metric names are never cut (folded at most); every change's verdict is shown.
+    first_column = "".join(re.split(r"\s{2,}", line.strip())[0] for line in lines)
+    flat = re.sub(r"\s+", "", first_column)
+    for name in ("true_positive_rate", "false_positive_rate_difference", "quality.perplexity/perplexity"):
+        assert name in flat
+    assert text.count("worse") == len(changes) - 1 and "added" in text
+    if width == 200:  # room for every name in full, on one line
+        assert "bias.classifier/true_positive_rate[attribute=sex+race, race=Amer-Indian-Eskimo, sex=Female]" in text
+    else:  # a slice value too long for the column is abbreviated
+        assert "…" in text and "[attribute=sex+race," in text

@@ -123,7 +123,7 @@ def test_spec_from_python_dict():
 
 def test_yaml_floats_and_booleans(tmp_path):
     # YAML 1.1 reads 1e-3 as a string; the spec loader reads it as the float it is.
-    from audit.spec import _SpecLoader
+    from audit.yamlsafe import SpecLoader as _SpecLoader
     import yaml
 
     assert yaml.load("eps: 1e-3", Loader=_SpecLoader) == {"eps": 0.001}

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from audit.errors import InputError, SpecError, require
+from audit.errors import InputError, SpecError, model_not_found, require
 from audit.findings import FileHash, SubjectIdentity
 from audit.spec import SubjectSpec
 from audit.subjects import Classifier
@@ -178,7 +178,10 @@ def _input_options(spec: SubjectSpec, *, defaults: dict[str, Any] | None = None,
     o = {**(defaults or {}), **{k: v for k, v in spec.options.items() if k in _INPUT_OPTIONS}}
 
     def bad(key: str, expected: str) -> SpecError:
-        return SpecError(f"subject.options.{key}: expected {expected}, got {o.get(key)!r}")
+        from audit.yamlsafe import quote, yaml_word_hint
+
+        hint = yaml_word_hint(o.get(key)) if key == "class_names" else ""
+        return SpecError(f"subject.options.{key}: expected {expected}, got {quote(o.get(key))}{hint}")
 
     def is_num(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -262,7 +265,7 @@ def _load_torchscript_classifier(spec: SubjectSpec, base_dir: Path, device: torc
     opts = _input_options(spec)
     path = _resolve(spec.path, base_dir)
     if not path.is_file():
-        raise InputError(f"model path not found: {path} (subject.path {spec.path!r}, relative to {base_dir})")
+        raise model_not_found(path, given=spec.path, base_dir=base_dir)
     try:
         module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # torch raises RuntimeError / ValueError for anything that is not TorchScript

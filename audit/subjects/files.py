@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from audit.errors import InputError, SpecError
+from audit.errors import InputError, SpecError, model_not_found
 from audit.findings import FileHash
 from audit.probe import did_you_mean
 from audit.spec import SubjectSpec
@@ -75,7 +75,7 @@ def local_path(path: str, base_dir: Path) -> Path | None:
         or p.suffix in WEIGHT_SUFFIXES
     )
     if looks_local:
-        raise InputError(f"model path not found: {resolved} (subject.path {path!r}, relative to {base_dir})")
+        raise model_not_found(resolved, given=path, base_dir=base_dir)
     return None
 
 
@@ -158,7 +158,7 @@ def load_module_weights(module: Any, weights: Any, *, base_dir: Path, kind: str)
     path = Path(weights).expanduser()
     path = path if path.is_absolute() else Path(base_dir) / path
     if not path.is_file():
-        raise InputError(f"weights file not found: {path} (subject.options.weights {str(weights)!r})")
+        raise InputError(f"weights file not found: {path.resolve()} (subject.options.weights {str(weights)!r})")
     if path.suffix != ".safetensors":
         raise InputError(f"{path}: {kind} weights load from safetensors files only (a pickled "
                          f"{path.suffix} file can run arbitrary code); convert it with safetensors.torch.save_file")
@@ -233,7 +233,7 @@ def _import_file(file: str, base_dir: Path) -> Any:
     p = Path(file).expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not p.is_file():
-        raise InputError(f"model path not found: {p} (the Python file of subject.path)")
+        raise InputError(f"model path not found: {p.resolve()} (the Python file of subject.path)")
     digest = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]
     stem = re.sub(r"\W", "_", p.stem)
     mod_name = f"_genai_audit_subject_{stem}_{digest}"

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.errors import InputError, SpecError, require
+from audit.errors import InputError, SpecError, model_not_found, require
 from audit.findings import FileHash, SubjectIdentity
 from audit.spec import SubjectSpec
 from audit.subjects.base import HFTextGenerator, Subject, TextGenerator
@@ -137,7 +137,7 @@ def load_gguf_text_generator(spec: SubjectSpec, base_dir: Path, device: torch.de
     p = Path(spec.path).expanduser()
     path = p if p.is_absolute() else base_dir / p
     if not path.exists():
-        raise InputError(f"model path not found: {path} (subject.path {spec.path!r}, relative to {base_dir})")
+        raise model_not_found(path, given=spec.path, base_dir=base_dir)
     if path.is_dir():
         raise InputError(f"{path}: expected a .gguf file, got a folder (for a transformers folder use `source: hf`)")
     _check_gguf_file(path)
@@ -152,7 +152,7 @@ def load_gguf_text_generator(spec: SubjectSpec, base_dir: Path, device: torch.de
 
 def _check_gguf_file(path: Path) -> None:
     if not path.is_file():
-        raise InputError(f"model path not found: {path}")
+        raise InputError(f"model path not found: {path.resolve()}")
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)

@@ -26,6 +26,8 @@ from audit.stats import bootstrap_ratio_ci
 from audit.subjects.textdata import read_documents
 from probes.quality.functional import bits_per_byte, corpus_perplexity, windowed_token_logprobs
 
+_DEFAULT_SLICE_BY = "genre"
+
 __all__ = ["Perplexity"]
 
 _LN2 = math.log(2.0)
@@ -62,7 +64,7 @@ class Perplexity:
     stride: int = field(default=512, metadata={"help": "tokens between window starts; smaller gives more context per token, more compute"})
     batch_size: int = field(default=8, metadata={"help": "windows per forward pass (halved automatically on out-of-memory)"})
     add_bos: bool = field(default=True, metadata={"help": "prepend the model's BOS token so each document's first token is scored too"})
-    slice_by: str | None = field(default="genre", metadata={"help": "document metadata field to report per-slice findings by (none: null)"})
+    slice_by: str | None = field(default=_DEFAULT_SLICE_BY, metadata={"help": "document metadata field to report per-slice findings by (none: null)"})
     selective_logits: bool = field(default=True, metadata={"help": "transformers subjects: project to the vocabulary only at scored positions (same numbers, faster); false uses the subject's token_logprobs"})
     autocast: str | None = field(default=None, metadata={"help": "null (the model's dtype, the reference), 'bfloat16' or 'float16': run forward passes under torch.autocast (faster on GPUs, ~1e-2 relative error)"})
     n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples (over documents) for the intervals"})
@@ -188,6 +190,9 @@ class Perplexity:
                 mask = np.array([v == value for v in values])
                 findings += group.findings(mask, {self.slice_by: value}, slice_notes,
                                            metrics=("perplexity", "bits_per_byte"))
+            missing_field = _no_slice_field(self.slice_by, docs, explicit=self.slice_by != _DEFAULT_SLICE_BY)
+            if not present and missing_field:
+                findings[0] = replace(findings[0], warnings=(*findings[0].warnings, missing_field))
         return findings
 
     def _score_fn(self, subject: Any, notes: list[str]) -> tuple[Any, bool]:
@@ -206,6 +211,20 @@ class Perplexity:
         if self.autocast:
             notes.append(f"autocast {self.autocast!r} needs a transformers subject; ran in the model's dtype")
         return subject.token_logprobs, False
+
+
+def _no_slice_field(field_name: str, docs: list[Any], *, explicit: bool) -> str | None:
+    """The warning for a ``slice_by`` field that no document has (so no slice is reported):
+    always when the field was chosen in the spec, and for the default field only when the
+    documents carry other metadata (a corpus without any metadata is plainly unsliced)."""
+    from audit.probe import did_you_mean
+
+    fields = sorted({k for d in docs for k in d.meta})
+    if not explicit and not fields:
+        return None
+    have = f"the fields they have: {', '.join(fields[:10])}" if fields else "they have no metadata fields"
+    return (f"slice_by: no document has the metadata field '{field_name}' ({have}), so no per-slice findings "
+            f"were made.{did_you_mean(field_name, fields)}")
 
 
 def _full_from_selective(score: Any, input_ids: Any, attention_mask: Any) -> Any:
