@@ -85,7 +85,7 @@ def apply_adapter(subject: Any, spec: Any, base_dir: Path) -> Any:
         InputError: the folder is not a peft adapter, names another base model, or its
             tensors do not fit the base model's shapes.
     """
-    from audit.subjects.loading import sha256_file
+    from audit.subjects.files import sha256_file
 
     model = getattr(subject, "model", None)
     if spec.kind != "text-generator" or model is None or not callable(getattr(model, "state_dict", None)):
