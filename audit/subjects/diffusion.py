@@ -299,7 +299,7 @@ def _scheduler(pipe: Any, name: str, diffusers: Any) -> Any:
 
 def _load_pipeline(spec: SubjectSpec, base_dir: Path, torch_dtype: Any) -> tuple[Any, str, str | None]:
     """(pipeline, where it came from, revision)."""
-    from audit.subjects.loading import _HUB_ID, _first_line
+    from audit.subjects.files import HUB_ID, first_line
 
     diffusers = require("diffusers", extra="diffusion", purpose="source 'diffusers'")
     p = Path(spec.path).expanduser()
@@ -314,7 +314,7 @@ def _load_pipeline(spec: SubjectSpec, base_dir: Path, torch_dtype: Any) -> tuple
             raise InputError(f"{folder}: a diffusers pipeline is a folder (with model_index.json), not a file")
         _check_model_index(folder, spec.trust_remote_code)
         source, revision = str(folder.resolve()), spec.revision
-    elif _HUB_ID.fullmatch(spec.path) and not spec.path.startswith((".", "/", "~")):
+    elif HUB_ID.fullmatch(spec.path) and not spec.path.startswith((".", "/", "~")):
         source, revision = spec.path, spec.revision
         kwargs["revision"] = spec.revision
     else:
@@ -334,7 +334,7 @@ def _load_pipeline(spec: SubjectSpec, base_dir: Path, torch_dtype: Any) -> tuple
         elif not spec.allow_pickle and "safetensors" in str(exc).lower():
             hint = " (weights load from safetensors only unless `allow_pickle: true`)"
         raise InputError(f"cannot load the diffusers pipeline {spec.path!r}: {type(exc).__name__}: "
-                         f"{_first_line(exc)}{hint}") from None
+                         f"{first_line(exc)}{hint}") from None
     if source == spec.path:  # a hub snapshot: check what it holds, as for a folder
         root = getattr(pipe.config, "_name_or_path", None)
         if root and Path(root).is_dir():
@@ -376,9 +376,9 @@ def load_diffusers_image_generator(spec: SubjectSpec, base_dir: Path, device: An
         prompts = [r["prompt"] for r in read_prompts(pf if pf.is_absolute() else base_dir / pf)]
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    from audit.subjects.loading import _hash_files, _weight_files
+    from audit.subjects.files import hash_files, weight_files
 
-    files = _hash_files(Path(source), _weight_files(Path(source))) if Path(source).is_dir() else ()
+    files = hash_files(Path(source), weight_files(Path(source))) if Path(source).is_dir() else ()
     n_params = sum(p.numel() for c in pipe.components.values() if isinstance(c, torch.nn.Module)
                    for p in c.parameters())
     identity = SubjectIdentity(

@@ -28,6 +28,7 @@ from audit.probe import did_you_mean
 from audit.spec import SubjectSpec
 
 __all__ = [
+    "HUB_ID",
     "PICKLE_SUFFIXES", "WEIGHT_SUFFIXES", "check_local_weights", "check_safetensors", "describe", "first_line",
     "hash_files", "hub_snapshot", "import_callable", "load_module_weights", "local_path", "no_options",
     "sha256_file", "weight_files",
@@ -40,7 +41,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 _CHUNK = 1 << 20
 # huggingface_hub's repo id grammar: "name" or "namespace/name".
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+#: huggingface_hub's repo id grammar: "name" or "namespace/name".
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+_HUB_ID = HUB_ID
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
