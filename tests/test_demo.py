@@ -181,9 +181,9 @@ def test_privacy_parts_show_what_the_fine_tune_memorised(demo):
     extraction = "privacy.extraction/exact_extraction_rate"
     assert base.finding(extraction).n == lora.finding(extraction).n == 10
     assert lora.finding(extraction).value > base.finding(extraction).value
-    # Exposure: chance (about 1.4 bits) before, near the maximum log2(64) = 6 bits after.
+    # Exposure: chance (about 1.2 bits) before, near the maximum log2(16) = 4 bits after.
     before, after = base.finding("privacy.extraction/exposure"), lora.finding("privacy.extraction/exposure")
-    assert before.evidence["inserted"] and after.value > before.value + 1.5 and after.value <= 6 + 1e-9
+    assert before.evidence["inserted"] and after.value > before.value + 1.0 and after.value <= 4 + 1e-9
     ratio = lora.finding("privacy.membership_inference/auroc[score=loss_ratio]")
     assert ratio.n == 20 and ratio.value > 0.8
     pii = [f for f in base.findings if f.probe == "privacy.pii_leakage"]

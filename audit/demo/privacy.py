@@ -27,7 +27,7 @@ from probes.privacy.functional import make_canaries
 __all__ = ["lora_adapter", "privacy_corpus", "smollm2_privacy_base_spec", "smollm2_privacy_lora_spec"]
 
 CANARY_TEMPLATE = "vault code: {secret}."
-N_CANARIES, CANDIDATES = 4, 63
+N_CANARIES, CANDIDATES = 4, 15
 # The fine-tune: LoRA rank 16 on every linear layer of the last 6 of SmolLM2's 30 blocks (so
 # the backward pass stops there), AdamW at 5e-3 for 16 full-batch steps.
 RECIPE = {"r": 16, "alpha": 32, "last_layers": 6, "lr": 5e-3, "steps": 16, "seed": 0}
