@@ -128,31 +128,7 @@ class Perplexity:
             n_bytes -= [len(subject.decode([s[0]]).encode("utf-8")) for s in sequences]
             n_bytes = np.maximum(n_bytes, 0.0)
 
-        nll = np.zeros(len(docs), dtype=np.float64)
-        selective = False
-        if docs:
-            device = getattr(subject, "device", None) or ctx.device
-            score_fn, selective = self._score_fn(subject, notes)
-            # Under torchrun each rank scores its own documents; the per-document sums are
-            # gathered in document order, so every rank computes the same findings.
-            mine = ctx.dist.shard(len(docs))
-            nll_mine = np.zeros(len(mine), dtype=np.float64)
-            if len(mine):
-                logprobs = windowed_token_logprobs(
-                    score_fn, sequences[mine.start:mine.stop], max_length=max_length, stride=stride,
-                    batch_size=self.batch_size, pad_id=subject.pad_token_id, device=device,
-                    progress=lambda it, total: ctx.progress(it, total=total, desc=f"{self.id}: windows"),
-                    selective=selective,
-                )
-                flat = torch.cat(logprobs).double()
-                doc_of_token = torch.repeat_interleave(
-                    torch.arange(len(mine), device=flat.device),
-                    torch.as_tensor(tokens[mine.start:mine.stop], dtype=torch.long).to(flat.device),
-                )
-                nll_t = torch.zeros(len(mine), dtype=torch.float64, device=flat.device).index_add_(
-                    0, doc_of_token, -flat)
-                nll_mine = nll_t.cpu().numpy()  # the one transfer to the host
-            nll = np.asarray(ctx.dist.gather(nll_mine.tolist(), mine), dtype=np.float64)
+        nll, selective = self._score_documents(subject, ctx, sequences, tokens, max_length, stride, notes)
 
         ctx.record_samples({"item": d.id, "metric": "nll", "score": float(nll[i]), "tokens": int(tokens[i]),
                             "bytes": int(n_bytes[i]), "slice": {self.slice_by: str(d.meta[self.slice_by])}
@@ -180,19 +156,55 @@ class Perplexity:
         })
 
         if self.slice_by:
-            values = [d.meta.get(self.slice_by) for d in docs]
-            present = sorted({v for v in values if v is not None})
-            slice_notes = []
-            missing = sum(v is None for v in values)
-            if present and missing:
-                slice_notes.append(f"{missing} of {len(docs)} documents have no '{self.slice_by}' and are in no slice")
-            for value in present:
-                mask = np.array([v == value for v in values])
-                findings += group.findings(mask, {self.slice_by: value}, slice_notes,
-                                           metrics=("perplexity", "bits_per_byte"))
-            missing_field = _no_slice_field(self.slice_by, docs, explicit=self.slice_by != _DEFAULT_SLICE_BY)
-            if not present and missing_field:
-                findings[0] = replace(findings[0], warnings=(*findings[0].warnings, missing_field))
+            findings = self._slice_findings(findings, group, docs)
+        return findings
+
+    def _score_documents(self, subject: Any, ctx: ProbeContext, sequences: list[list[int]], tokens: np.ndarray,
+                         max_length: int, stride: int, notes: list[str]) -> tuple[np.ndarray, bool]:
+        """The summed NLL (nats) of each document, and whether the selective scorer ran."""
+        import torch
+
+        nll = np.zeros(len(sequences), dtype=np.float64)
+        if not sequences:
+            return nll, False
+        device = getattr(subject, "device", None) or ctx.device
+        score_fn, selective = self._score_fn(subject, notes)
+        # Under torchrun each rank scores its own documents; the per-document sums are
+        # gathered in document order, so every rank computes the same findings.
+        mine = ctx.dist.shard(len(sequences))
+        nll_mine = np.zeros(len(mine), dtype=np.float64)
+        if len(mine):
+            logprobs = windowed_token_logprobs(
+                score_fn, sequences[mine.start:mine.stop], max_length=max_length, stride=stride,
+                batch_size=self.batch_size, pad_id=subject.pad_token_id, device=device,
+                progress=lambda it, total: ctx.progress(it, total=total, desc=f"{self.id}: windows"),
+                selective=selective,
+            )
+            flat = torch.cat(logprobs).double()
+            doc_of_token = torch.repeat_interleave(
+                torch.arange(len(mine), device=flat.device),
+                torch.as_tensor(tokens[mine.start:mine.stop], dtype=torch.long).to(flat.device),
+            )
+            nll_t = torch.zeros(len(mine), dtype=torch.float64, device=flat.device).index_add_(
+                0, doc_of_token, -flat)
+            nll_mine = nll_t.cpu().numpy()  # the one transfer to the host
+        return np.asarray(ctx.dist.gather(nll_mine.tolist(), mine), dtype=np.float64), selective
+
+    def _slice_findings(self, findings: list[Finding], group: _Group, docs: Sequence[Any]) -> list[Finding]:
+        """``findings`` with ``perplexity`` / ``bits_per_byte`` per value of ``slice_by`` added."""
+        values = [d.meta.get(self.slice_by) for d in docs]
+        present = sorted({v for v in values if v is not None})
+        slice_notes = []
+        missing = sum(v is None for v in values)
+        if present and missing:
+            slice_notes.append(f"{missing} of {len(docs)} documents have no '{self.slice_by}' and are in no slice")
+        for value in present:
+            mask = np.array([v == value for v in values])
+            findings += group.findings(mask, {self.slice_by: value}, slice_notes,
+                                       metrics=("perplexity", "bits_per_byte"))
+        missing_field = _no_slice_field(self.slice_by, docs, explicit=self.slice_by != _DEFAULT_SLICE_BY)
+        if not present and missing_field:
+            findings[0] = replace(findings[0], warnings=(*findings[0].warnings, missing_field))
         return findings
 
     def _score_fn(self, subject: Any, notes: list[str]) -> tuple[Any, bool]:
