@@ -105,15 +105,24 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also check that sampled tokens are equal at batch size 1 and --batch-size")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "genai-audit"))
     ap.add_argument("--json", action="store_true", help="print the result as JSON too")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the result as JSON here")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="SmolLM2-135M's architecture with random weights and a tokenizer built in code (no "
+                         "bundle needed, e.g. on a GPU machine that cannot carry the 98 MB GGUF); greedy "
+                         "outputs must still be equal across the three sides")
+    ap.add_argument("--layers", type=int, default=30, help="with --random-weights: fewer layers for a quick check")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     bs = args.batch_size or args.n
 
-    spec = SubjectSpec(kind="text-generator", source="gguf", path=str(smollm2_gguf()), dtype=args.dtype)
-    t0 = time.perf_counter()
-    lm = load_subject(spec, device=args.device, cache_dir=Path(args.cache_dir))
-    print(f"loaded {spec.path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.random_weights:
+        lm = _random_smollm2(args.device, args.layers, args.dtype)
+    else:
+        spec = SubjectSpec(kind="text-generator", source="gguf", path=str(smollm2_gguf()), dtype=args.dtype)
+        t0 = time.perf_counter()
+        lm = load_subject(spec, device=args.device, cache_dir=Path(args.cache_dir))
+        print(f"loaded {spec.path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     lm.batch_size = bs
     model, tok, device, eos = lm.model, lm.tokenizer, lm.device, lm.eos_token_ids
     prompts = bench_prompts(args.n)
@@ -175,7 +184,32 @@ def main(argv: list[str] | None = None) -> dict:
               f"({result['sampling_rows_differing']} rows differ)")
     if args.json:
         print(json.dumps(result))
+    if args.json_out:
+        args.json_out.write_text(json.dumps({**result, "ratios": {
+            "engine/one_at_a_time": result["engine_ratio_median"],
+            "hf_batched/one_at_a_time": result["hf_batched_ratio_median"],
+            "engine/hf_batched": result["engine_over_hf_batched_median"]},
+            "outputs_equal": result["engine_equal"] and result["hf_batched_equal"]}, indent=2))
     return result
+
+
+def _random_smollm2(device: str, layers: int, dtype: str):
+    """SmolLM2-135M's configuration with seeded random weights, and a byte-level tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from audit.findings import SubjectIdentity
+    from audit.subjects import HFTextGenerator
+    from tests.fakes import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                      rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(getattr(torch, dtype)).eval()
+    ident = SubjectIdentity(name="smollm2-135m-random", kind="text-generator", source="python", path="bench")
+    return HFTextGenerator(model, tok, ident, device=device)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def steps(dry_run: bool, out: Path) -> list[tuple[str, list[str], int]]:
             ("energy", ["bench_energy.py", "--device", dev, "--seconds", "20"], 60),
         ]
     if (REPO / "bench" / "bench_generation.py").exists():
-        gen = (["--device", dev, "--random-weights", "--prompts", "4", "--new-tokens", "4", "--repeats", "1"]
-               if dry_run else ["--device", dev, "--random-weights", "--prompts", "64", "--new-tokens", "64"])
+        gen = (["--device", dev, "--random-weights", "--layers", "2", "--n", "4", "--tokens", "4", "--repeats", "1",
+                "--threads", "1"]
+               if dry_run else ["--device", dev, "--random-weights", "--n", "64", "--tokens", "64"])
         plan.append(("generation", ["bench_generation.py", *gen], 300 if dry_run else 120))
     out_flag = {"energy": "--json"}
     return [(name, [args[0], *args[1:], out_flag.get(name, "--json-out"), str(out / f"{name}.json")], t)
@@ -133,6 +134,7 @@ def summary(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out |= {f"{key} ours/recipe": r[key].get("speedup"), f"{key} equal": r[key].get("equal_within_1e-4")}
     if r.get("generation"):
         out |= {f"generation {k}": v for k, v in (r["generation"].get("ratios") or {}).items()}
+        out["generation outputs equal"] = r["generation"].get("outputs_equal")
     if r.get("energy"):
         check = r["energy"].get("counter_vs_sampled") or {}
         out["energy nvml vs sampled power"] = ({k: check.get(k) for k in ("relative_difference", "within_10_percent")}

@@ -155,6 +155,15 @@ PROBES = (
 )
 
 
+#: Probes that do not shard yet: every rank computes the whole result (rank 0 writes it), which must
+#: still equal a single process's.
+WHOLE_ON_EVERY_RANK = (
+    "quality.sliced_wasserstein", "quality.diffusion_likelihood", "quality.visual_inspection",
+    "privacy.extraction", "privacy.membership_inference", "privacy.pii_leakage", "privacy.image_replication",
+    "human.ratings",
+)
+
+
 #: Smaller batches than the fakes' where a rank would otherwise get no whole batch of its own.
 SMALL_BATCHES = {"quality.clip_score": 2, "bias.stereotype_pairs": 8, "bias.embedding_association": 8,
                  "deepfake.text_detectability": 4, "deepfake.image_detectability": 8}
@@ -180,6 +189,7 @@ def _cases():
     return {
         **{pid: (pid, _with_batch(FAKES[pid], SMALL_BATCHES[pid]) if pid in SMALL_BATCHES else FAKES[pid])
            for pid in PROBES},
+        **{pid: (pid, FAKES[pid]) for pid in WHOLE_ON_EVERY_RANK},
         "energy.inference": ("energy.inference", _energy),
         "quality.image_fidelity[torch]": ("quality.image_fidelity", _torch_images),
         "quality.image_fidelity[callable]": ("quality.image_fidelity", _callable_subject),
