@@ -195,19 +195,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _random_smollm2(device: str, layers: int, dtype: str):
     """SmolLM2-135M's configuration with seeded random weights, and a byte-level tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from smollm2_random import smollm2_random
 
     from audit.findings import SubjectIdentity
     from audit.subjects import HFTextGenerator
     from tests.fakes import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                      rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(getattr(torch, dtype)).eval()
+    model = smollm2_random(device, layers=layers, dtype=dtype, bos=tok.bos_token_id, eos=tok.eos_token_id,
+                           pad=tok.pad_token_id)
     ident = SubjectIdentity(name="smollm2-135m-random", kind="text-generator", source="python", path="bench")
     return HFTextGenerator(model, tok, ident, device=device)
 

@@ -197,16 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _random_smollm2(device: str, n_tokens: int, layers: int = 30) -> tuple:
     """SmolLM2-135M's configuration with seeded random weights, and random token ids."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from smollm2_random import smollm2_random
 
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                      rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(device).eval()
+    model = smollm2_random(device, layers=layers)
     g = torch.Generator().manual_seed(0)
-    ids = [1, *torch.randint(3, cfg.vocab_size, (n_tokens - 1,), generator=g).tolist()]
+    ids = [1, *torch.randint(3, model.config.vocab_size, (n_tokens - 1,), generator=g).tolist()]
     return model, torch.device(device), ids, 2
 
 
