@@ -23,18 +23,21 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from audit.errors import ReportError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """Major.minor. Readers accept any report with the same major version."""
 
 __all__ = [
     "SCHEMA_VERSION",
     "AuditReport",
+    "Delta",
     "FileHash",
     "Finding",
     "GateResult",
     "Interval",
     "ProbeStatus",
     "SubjectIdentity",
+    "Units",
+    "VariantRecord",
     "atomic_write_text",
     "format_slice",
     "json_schema",
@@ -61,6 +64,58 @@ class Interval:
 
 
 @dataclass(frozen=True, slots=True)
+class Units:
+    """The per-unit values behind a finding (documents, images, pairs), so that the same
+    finding on a variant can be compared with the base's by a *paired* bootstrap over the
+    units both saw (:mod:`audit.units`).
+
+    ``statistic`` names a function in :data:`audit.units.STATISTICS` that computes the
+    finding's value from ``columns`` weighted by how often each unit is drawn (``"mean"``,
+    ``"ratio"``, ``"exp_ratio"``, ``"auroc"``, ...). ``ids`` name the units in the same
+    order as every column; two findings pair on equal ids. Units stay in memory and in the
+    ``.partial`` record of a run (so a resumed run still pairs); ``report.json`` keeps only
+    the deltas made from them.
+    """
+
+    statistic: str
+    ids: tuple[str, ...]
+    columns: Mapping[str, tuple[Any, ...]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(str(i) for i in self.ids))
+        cols = {str(k): tuple(v) for k, v in self.columns.items()}
+        bad = [k for k, v in cols.items() if len(v) != len(self.ids)]
+        if bad:
+            raise ValueError(f"Units: column(s) {bad} do not have one value per id ({len(self.ids)} ids)")
+        object.__setattr__(self, "columns", cols)
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A variant's finding against the same finding of the base subject.
+
+    ``value`` is variant minus base; ``relative`` is that over ``|base_value|`` (None when the
+    base is 0 or not finite). ``ci``/``ci_relative`` come from a paired bootstrap over the
+    units both findings saw when ``paired`` (``n_pairs`` of them), else from two independent
+    resamplings (the method says which), or are None when neither finding had units.
+    """
+
+    base_value: float
+    value: float
+    relative: float | None = None
+    ci: Interval | None = None
+    ci_relative: Interval | None = None
+    paired: bool = False
+    n_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_value", float(self.base_value))
+        object.__setattr__(self, "value", float(self.value))
+        if self.relative is not None:
+            object.__setattr__(self, "relative", float(self.relative))
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One measured number: what was measured, on which slice, how sure we are of it.
 
@@ -81,6 +136,12 @@ class Finding:
     slice: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: The variant of the subject this was measured on (``spec.variants``); None for the subject itself.
+    variant: str | None = None
+    #: Against the subject itself (variants' findings only, once the audit has run them all).
+    delta: Delta | None = None
+    #: Per-unit values for paired deltas; not written to ``report.json`` (see :class:`Units`).
+    units: Units | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", float(self.value))
@@ -156,6 +217,18 @@ class SubjectIdentity:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class VariantRecord:
+    """One variant of the subject (``spec.variants``): what it overrides, which weights it
+    is (hashed like the subject), and what happened to each probe on it."""
+
+    name: str
+    subject: SubjectIdentity
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    probes: Mapping[str, ProbeStatus] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -173,6 +246,8 @@ class AuditReport:
     environment: Mapping[str, Any] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
     energy: Mapping[str, Any] = field(default_factory=dict)
+    #: The variants audited beside the subject, in spec order (their findings carry ``variant``).
+    variants: tuple[VariantRecord, ...] = ()
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: str = field(default_factory=_now)
     schema_version: str = SCHEMA_VERSION
@@ -182,7 +257,7 @@ class AuditReport:
     def status(self) -> Literal["passed", "failed", "invalid", "crashed"]:
         """``crashed`` if a probe crashed, ``invalid`` if a probe failed on invalid input,
         else ``failed`` if a gate failed, else ``passed`` (the order of :attr:`exit_code`)."""
-        failed = [p for p in self.probes.values() if p.status == "failed"]
+        failed = [p for p in self.all_statuses() if p.status == "failed"]
         if any(p.error_kind != "input" for p in failed):
             return "crashed"
         if failed or self.nothing_measured:
@@ -203,7 +278,7 @@ class AuditReport:
     @property
     def exit_code(self) -> int:
         """The exit code of ``genai-audit run``/``check`` for this report (see audit.errors)."""
-        failed = [p for p in self.probes.values() if p.status == "failed"]
+        failed = [p for p in self.all_statuses() if p.status == "failed"]
         if any(p.error_kind != "input" for p in failed):
             return 3
         if failed or self.nothing_measured:
@@ -212,10 +287,14 @@ class AuditReport:
             return 1
         return 0
 
-    def finding(self, key: str) -> Finding | None:
-        """The finding named ``probe/metric[k=v]``, or None."""
+    def all_statuses(self) -> list[ProbeStatus]:
+        """Every probe status: the subject's and each variant's."""
+        return [*self.probes.values(), *(s for v in self.variants for s in v.probes.values())]
+
+    def finding(self, key: str, variant: str | None = None) -> Finding | None:
+        """The finding named ``probe/metric[k=v]`` (of ``variant``, None for the subject), or None."""
         for f in self.findings:
-            if f.key == key:
+            if f.key == key and f.variant == variant:
                 return f
         return None
 
@@ -224,7 +303,12 @@ class AuditReport:
 
     # -- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _encode(asdict(self))
+        # Per-unit values stay out of the file (they can be large; the deltas made from them stay).
+        lean = replace(self, findings=tuple(f if f.units is None else replace(f, units=None) for f in self.findings))
+        data = asdict(lean)
+        for f in data["findings"]:
+            f.pop("units", None)
+        return _encode(data)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
@@ -276,7 +360,8 @@ class AuditReport:
 
 
 # Unknown keys are an error on load: a typo in a hand-edited baseline must not pass silently.
-for _cls in (Interval, Finding, GateResult, ProbeStatus, FileHash, SubjectIdentity, AuditReport):
+for _cls in (Interval, Units, Delta, Finding, GateResult, ProbeStatus, FileHash, SubjectIdentity, VariantRecord,
+             AuditReport):
     _cls.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
 _REPORT_ADAPTER = TypeAdapter(AuditReport)
 

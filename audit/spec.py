@@ -27,11 +27,19 @@ from audit.errors import SpecError
 from audit.probe import build_probe, did_you_mean
 from audit.yamlsafe import SpecLoader, cut, quote, yaml_word_hint
 
-__all__ = ["AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "load_spec", "parse_metric_ref", "spec_fingerprint"]
+__all__ = [
+    "QUANTIZATIONS", "AuditSpec", "GateSpec", "ProbeSpec", "Settings", "SubjectSpec", "VariantSpec", "load_spec",
+    "parse_metric_ref", "spec_fingerprint",
+]
 
 #: The largest spec file read (a spec names its inputs; it does not hold them).
 MAX_SPEC_BYTES = 10 * 1024 * 1024
 SUBJECT_KINDS = ("text-generator", "image-generator", "classifier", "encoder")
+#: Quantizations a subject or variant may ask for: torch's dynamic int8 (CPU), bitsandbytes (CUDA).
+QUANTIZATIONS = ("int8-dynamic", "bnb-8bit", "bnb-nf4")
+#: The name the report gives the subject itself beside its variants (a variant may not take it).
+BASE_VARIANT = "base"
+_VARIANT_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _METRIC_RE = re.compile(r"^(?P<probe>[\w.\-]+)/(?P<metric>[\w.\-]+)(?:\[(?P<slice>[^\]]+)\])?$")
 
 
@@ -58,6 +66,9 @@ class SubjectSpec(_Frozen):
     adapter: str | None = Field(default=None, description="a peft adapter folder (LoRA, ...) applied on top, "
                                 "relative to the spec (text-generator)")
     merge: bool = Field(default=False, description="merge the adapter into the base weights after loading")
+    quantization: Literal["int8-dynamic", "bnb-8bit", "bnb-nf4"] | None = Field(
+        default=None, description="int8-dynamic (torch dynamic int8 of the Linear layers, CPU), bnb-8bit or "
+        "bnb-nf4 (bitsandbytes, CUDA only)")
 
     @model_validator(mode="after")
     def _chat_template_kind(self) -> SubjectSpec:
@@ -70,6 +81,48 @@ class SubjectSpec(_Frozen):
         if self.merge and self.adapter is None:
             raise ValueError("merge: true needs an adapter (subject.adapter: PATH of a peft adapter folder)")
         return self
+
+
+class VariantSpec(_Frozen):
+    """A named variant of the subject: the subject's spec with these keys replaced (a fine-tune's
+    adapter, a quantization, another dtype, another weights file, a GGUF export). Every probe runs
+    on every variant with the same inputs and seeds; each finding gets a paired delta to the base.
+    """
+
+    name: str = Field(pattern=_VARIANT_NAME_RE, description="how the report names the variant")
+    source: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
+    adapter: str | None = None
+    merge: bool | None = None
+    quantization: Literal["int8-dynamic", "bnb-8bit", "bnb-nf4"] | None = None
+    weights: str | None = Field(default=None, description="another weights file (sets subject.options.weights)")
+    options: dict[str, Any] = Field(default_factory=dict, description="merged into subject.options")
+
+    @model_validator(mode="after")
+    def _not_base(self) -> VariantSpec:
+        if self.name == BASE_VARIANT:
+            raise ValueError(f"variant name '{BASE_VARIANT}' is the subject itself; choose another name")
+        if self.source is not None and self.path is None:
+            raise ValueError(f"variant '{self.name}': a new source needs its path")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The subject keys this variant sets (what the report records)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k != "name" and k in self.model_fields_set}
+
+    def apply(self, subject: SubjectSpec) -> SubjectSpec:
+        """The subject spec of this variant (validated like the subject)."""
+        data = subject.model_dump()
+        given = self.overrides()
+        options = {**data.get("options", {}), **given.pop("options", {})}
+        if "weights" in given:
+            options["weights"] = given.pop("weights")
+        data.update(given)
+        data["options"] = options
+        data["name"] = f"{subject.name or subject.path} [{self.name}]"
+        return SubjectSpec.model_validate(data)
 
 
 class ProbeSpec(_Frozen):
@@ -88,7 +141,11 @@ class GateSpec(_Frozen):
     use: Literal["value", "ci_low", "ci_high"] = "value"
     max_drop: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     max_rise: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    relative: bool = Field(default=False, description="max_drop/max_rise as a fraction of the baseline")
+    variant: str | None = Field(default=None, description="the variant whose finding is gated (default: the subject)")
+    max_delta: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False,
+        description="the most the variant may be worse than the subject (needs variant; relative: a fraction)")
+    relative: bool = Field(default=False, description="max_drop/max_rise/max_delta as a fraction of the reference")
     significant_only: bool = Field(
         default=False, description="fail a regression only when the intervals do not overlap"
     )
@@ -102,8 +159,10 @@ class GateSpec(_Frozen):
 
     @model_validator(mode="after")
     def _has_bound(self) -> GateSpec:
-        if all(b is None for b in (self.min, self.max, self.max_drop, self.max_rise)):
-            raise ValueError("a gate needs at least one of min, max, max_drop or max_rise")
+        if all(b is None for b in (self.min, self.max, self.max_drop, self.max_rise, self.max_delta)):
+            raise ValueError("a gate needs at least one of min, max, max_drop, max_rise or max_delta")
+        if self.max_delta is not None and self.variant is None:
+            raise ValueError("max_delta compares a variant with the subject: name the variant (variant: NAME)")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
@@ -170,6 +229,7 @@ class AuditSpec(_Frozen):
     probes: tuple[ProbeSpec, ...] = Field(min_length=1)
     gates: tuple[GateSpec, ...] = ()
     settings: Settings = Field(default_factory=Settings)
+    variants: tuple[VariantSpec, ...] = ()
     # The spec file's folder: relative paths are resolved against it. Not a key of the file.
     _base_dir: str = PrivateAttr(default=".")
 
@@ -184,7 +244,20 @@ class AuditSpec(_Frozen):
             if p.id in seen:
                 raise ValueError(f"probes[{i}]: probe '{p.id}' is listed twice")
             seen.add(p.id)
+        names = [v.name for v in self.variants]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"variants[{i}]: variant name '{name}' is used twice")
+        for i, v in enumerate(self.variants):
+            try:
+                v.apply(self.subject)
+            except ValidationError as exc:
+                raise ValueError(f"variants[{i}] ('{v.name}'): {exc.errors()[0]['msg']}") from None
         for i, g in enumerate(self.gates):
+            if g.variant is not None and g.variant not in names:
+                known = ", ".join(names) or "none"
+                raise ValueError(f"gates[{i}].variant: '{g.variant}' is not a variant of this spec (variants: "
+                                 f"{known}).{did_you_mean(g.variant, names)}")
             probe = parse_metric_ref(g.metric)[0]
             if probe not in seen:
                 raise ValueError(

@@ -65,7 +65,7 @@ def test_json_spec(tmp_path):
         (lambda s: s.replace("source: python,", "sorce: python,"), "subject.sorce: unknown key. Did you mean 'source'?"),
         (lambda s: s.replace("name: rc-1\n", ""), "name: required key is missing"),
         (lambda s: s.replace("max: 30, use: ci_high", "use: ci_high"),
-         "gates[0]: a gate needs at least one of min, max, max_drop or max_rise"),
+         "gates[0]: a gate needs at least one of min, max, max_drop, max_rise or max_delta"),
         (lambda s: s.replace("use: ci_high", "use: ci_hi"), "gates[0].use"),
         (lambda s: s.replace("metric: quality.perplexity/perplexity,", "metric: perplexity,"),
          "gates[0].metric: expected 'probe/metric'"),
