@@ -246,7 +246,7 @@ def check(report_path: Path, baseline: str | None, spec_path: Path | None, junit
         _warn_unrelated(f"--baseline {baseline}", (base.name, base.subject.name, base.subject.path),
                         (report.name, report.subject.name, report.subject.path))
     report = report.with_gates(evaluate_gates(gates, report.findings, base.findings if base else None,
-                                              probes=report.probes))
+                                              probes=report.probes, variants=report.variants))
     print_scorecard(report, _console())
     _say_if_nothing_measured(report)
     if junit is not None:

@@ -469,7 +469,7 @@ def _gate(report: AuditReport, spec: AuditSpec, baseline: AuditReport | None) ->
     """The report with the spec's gates evaluated (against ``baseline`` for regressions)."""
     return report.with_gates(evaluate_gates(spec.gates, report.findings,
                                             baseline.findings if baseline else None,
-                                            probes=report.probes))
+                                            probes=report.probes, variants=report.variants))
 
 
 def _write(run: _Run, report: AuditReport, samples: list[Any], *, store_url: str | None,
