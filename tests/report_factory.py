@@ -25,12 +25,14 @@ from typing import Any
 
 from audit.findings import (
     AuditReport,
+    Delta,
     FileHash,
     Finding,
     GateResult,
     Interval,
     ProbeStatus,
     SubjectIdentity,
+    VariantRecord,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "SKIPPED_PROBE",
     "finding",
     "make_report",
+    "make_variant_report",
     "passing_report",
 ]
 
@@ -307,3 +310,70 @@ def passing_report(**overrides: Any) -> AuditReport:
     probes = {k: v for k, v in base.probes.items() if v.status != "failed"}
     gates = tuple(g for g in base.gates if g.status != "failed")
     return replace(base, probes=probes, gates=gates, **overrides)
+
+
+# -- a report with variants ----------------------------------------------------------------
+
+VARIANTS = ("int8", "lora")
+"""The variants of :func:`make_variant_report`, in spec order."""
+
+
+def _delta(base: Finding, value: float, ci: tuple[float, float] | None) -> Delta:
+    diff = value - base.value
+    rel = diff / abs(base.value) if base.value else None
+    return Delta(base_value=base.value, value=diff, relative=rel,
+                 ci=Interval(ci[0], ci[1], "paired-bootstrap-95") if ci else None,
+                 ci_relative=(Interval(ci[0] / abs(base.value), ci[1] / abs(base.value), "paired-bootstrap-95")
+                              if ci and base.value else None),
+                 paired=ci is not None, n_pairs=200 if ci else None)
+
+
+def make_variant_report(*, hostile: bool = False, **overrides: Any) -> AuditReport:
+    """A passing audit of a subject and two variants with hand-made numbers.
+
+    ``int8``: perplexity 12.0 -> 12.9 (+7.5 %, paired interval [+0.5, +1.3]: worse and
+    significant, flagged), toxicity of ``group=female`` 0.034 -> 0.036 (interval includes 0),
+    weight bytes in memory 540 MB -> 180 MB. ``lora``: perplexity 11.4 (better), the same
+    memory as the base (merged adapter). The Pareto front of perplexity against memory is
+    ``lora`` (best quality) and ``int8`` (cheapest); ``base`` is dominated by ``lora``.
+    """
+    bad = HOSTILE if hostile else ""
+    ppl = finding("perplexity", 12.0, probe="quality.perplexity", higher_is_better=False, unit="ppl",
+                  ci=(11.5, 12.5), method="bootstrap-percentile-95", n=200)
+    tox = finding("toxicity_rate", 0.034, probe="bias.toxicity", higher_is_better=False, ci=(0.021, 0.054), n=500,
+                  slice={"group": "female" + bad})
+    mem = finding("weight_bytes_in_memory", 540e6, probe="energy.footprint", higher_is_better=False, unit="B",
+                  n=None)
+    jpk = finding("energy_j_per_1k_tokens", 50.0, probe="energy.footprint", higher_is_better=False, unit="J",
+                  ci=(45.0, 55.0), method="bootstrap-percentile-95", n=20)
+    base = (ppl, tox, mem, jpk)
+    values = {
+        # per base finding, in order: (value, its interval, the delta's paired interval)
+        "int8": ((12.9, (12.4, 13.4), (0.5, 1.3)), (0.036, (0.022, 0.057), (-0.004, 0.008)),
+                 (180e6, None, None), (42.0, (38.0, 46.0), (-12.0, -4.0))),
+        "lora": ((11.4, (10.9, 11.9), (-0.9, -0.3)), (0.031, (0.019, 0.050), (-0.007, 0.001)),
+                 (540e6, None, None), (51.0, (46.0, 56.0), (-1.0, 3.0))),
+    }
+    findings = list(base)
+    for name in VARIANTS:
+        for f, (value, ci, dci) in zip(base, values[name]):
+            findings.append(replace(f, value=value, ci=Interval(*ci, f.ci.method) if ci else None, variant=name,
+                                    delta=_delta(f, value, dci)))
+    probes = {p: ProbeStatus("ok", wall_s=1.0, n_findings=sum(f.probe == p for f in base))
+              for p in ("quality.perplexity", "bias.toxicity", "energy.footprint")}
+    subject = SubjectIdentity(name="tiny-gpt", kind="text-generator", source="hf", path="/models/tiny-gpt",
+                              files=(FileHash("model.safetensors", "ab" * 32, 540_000_000),))
+    variants = (
+        VariantRecord("int8", replace(subject, name="tiny-gpt [int8]"), overrides={"quantization": "int8-dynamic"},
+                      probes=dict(probes), notes=("torch.ao dynamic int8 on CPU" + bad,)),
+        VariantRecord("lora", replace(subject, name="tiny-gpt [lora]", files=(
+            *subject.files, FileHash("adapters/lora/adapter_model.safetensors", "cd" * 32, 5_000_000))),
+            overrides={"adapter": "adapters/lora"}, probes=dict(probes)),
+    )
+    report = AuditReport(
+        name="variants-demo", subject=subject, findings=tuple(findings), probes=probes, variants=variants,
+        spec={"name": "variants-demo", "probes": [{"id": p} for p in probes],
+              "variants": [{"name": v.name, **v.overrides} for v in variants]},
+        run_id="0a1b2c3d4e5f60718293a4b5c6d7e8f9", created_at="2026-12-01T10:00:00+00:00",
+    )
+    return replace(report, **overrides) if overrides else report

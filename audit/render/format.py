@@ -67,7 +67,10 @@ def slice_label(f: Finding) -> str:
 def gate_label(g: GateResult) -> str:
     """The gate's name from the spec, else the metric it bounds."""
     name = g.gate.get("name") if isinstance(g.gate, Mapping) else None
-    return str(name) if name else g.metric
+    variant = g.gate.get("variant") if isinstance(g.gate, Mapping) else None
+    if name:
+        return str(name)
+    return f"{g.metric} · variant {variant}" if variant else g.metric
 
 
 def describe_bound(g: GateResult) -> str:
@@ -87,6 +90,10 @@ def describe_bound(g: GateResult) -> str:
         if spec.get(key) is not None:
             limit = f"{format_number(100 * spec[key])}%" if spec.get("relative") else format_number(spec[key])
             parts.append(f"{word} ≤ {limit}")
+    if spec.get("max_delta") is not None:
+        limit = (f"{format_number(100 * spec['max_delta'])}%" if spec.get("relative")
+                 else format_number(spec["max_delta"]))
+        parts.append(f"worse by ≤ {limit}")
     if spec.get("significant_only"):
         parts.append("if significant")
     if parts:
@@ -171,11 +178,13 @@ def total_joules(energies: list[Mapping[str, Any]]) -> tuple[float | None, int, 
 
 
 def findings_by_probe(report: AuditReport) -> dict[str, list[Finding]]:
-    """The report's findings grouped by probe, probes in spec (``report.probes``) order,
-    then any probe that has findings but no status."""
+    """The subject's findings grouped by probe, probes in spec (``report.probes``) order,
+    then any probe that has findings but no status. Variants' findings (``variant`` set) are
+    left out: they are shown side by side with these (:mod:`audit.variant_view`)."""
     groups: dict[str, list[Finding]] = {pid: [] for pid in report.probes}
     for f in report.findings:
-        groups.setdefault(f.probe, []).append(f)
+        if f.variant is None:
+            groups.setdefault(f.probe, []).append(f)
     return groups
 
 

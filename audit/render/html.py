@@ -118,6 +118,7 @@ def _page(report: AuditReport) -> dict[str, Any]:
             for g in gates
         ],
         "probe_sections": sections,
+        "variants": _variants.overview_html(report),  # empty without variants
         "probe_rows": [_probe_row(pid, p) for pid, p in probes.items()],
         "environment": _flatten(report.environment),
         "subject_details": _flatten(report.subject.details),
@@ -226,3 +227,5 @@ def _evidence_preview(evidence: Mapping[str, Any]) -> str:
 
 # The galleries of kept thumbnails and text samples (audit/render/gallery.py) register a section.
 from audit.render import gallery as _gallery  # noqa: E402,F401
+# The variants' side-by-side tables (audit/render/variants.py) register a section too.
+from audit.render import variants as _variants  # noqa: E402

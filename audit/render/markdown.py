@@ -83,6 +83,7 @@ def render_markdown(report: AuditReport, *, max_findings: int = 60) -> str:
     lines = _headline(report, crashed, skipped)
     lines += _gates(report)
     lines += _findings(report, max_findings)
+    lines += _variants(report)
     if crashed:
         lines += ["", "#### Failed probes", ""]
         for pid, p in crashed:
@@ -132,7 +133,7 @@ def _gates(report: AuditReport) -> list[str]:
 
 def _findings(report: AuditReport, max_findings: int) -> list[str]:
     lines = ["", "#### Findings", ""]
-    findings = report.findings
+    findings = [f for f in report.findings if f.variant is None]  # variants': in their own section
     if not findings:
         return lines + ["No findings."]
     lines.append(_row("Finding", "Value", "Interval", "n", "Slice", "Warnings"))
@@ -170,3 +171,62 @@ def _finding_row(f: Finding) -> str:
         escape_cell(slice_label(f)) if f.slice else "",
         escape_cell("\n".join(f.warnings)) if f.warnings else "",
     )
+
+
+# -- variants side by side (reports with variants only) ------------------------------------
+
+_VARIANT_ROWS = 40  # rows of all side-by-side tables together (a PR comment has a size limit)
+
+
+def _variants(report: AuditReport) -> list[str]:
+    from audit.variant_view import report_quality_cost, side_by_side
+
+    view = side_by_side(report)
+    if view is None:
+        return []
+    return variants_markdown([view]) + quality_cost_markdown(report_quality_cost(report))
+
+
+def _variant_cell(r: Any, cell: Any) -> str:
+    from audit.render.variants import FLAG, delta_text, value_text
+
+    text = escape_cell(value_text(cell.finding))
+    if cell.delta is not None:
+        text += "<br>" + escape_cell(delta_text(r, cell.delta))
+    return text + (f"<br>**{FLAG}**" if cell.flagged else "")
+
+
+def variants_markdown(views: Any, max_rows: int = _VARIANT_ROWS) -> list[str]:
+    """Markdown lines of :class:`audit.variant_view.SideBySide` views: per view a table with a
+    row per finding and a column per variant (value, delta and its interval, the flag)."""
+    from audit.render.variants import FLAG, value_text
+
+    lines: list[str] = []
+    shown = total = 0
+    for view in views:
+        lines += ["", f"#### {escape_cell(view.title)}", ""]
+        if view.n_flagged:
+            lines += [f"{view.n_flagged} cell(s) **{FLAG}**: worse and the delta's interval excludes 0.", ""]
+        head = ["Finding", escape_cell(view.base_label), *(escape_cell(c) for c in view.columns)]
+        lines += [_row(*head), _row("---", *("---:" for _ in head[1:]))]
+        for r in (r for t in view.tables for r in t.rows):
+            total += 1
+            if shown < max_rows:
+                shown += 1
+                lines.append(_row(code_span(r.key), escape_cell(value_text(r.base)),
+                                  *(_variant_cell(r, c) for c in r.cells)))
+    if total > shown:
+        lines += ["", f"… and {total - shown} more rows in the HTML report."]
+    return lines
+
+
+def quality_cost_markdown(qc: Any) -> list[str]:
+    """The points of a :class:`audit.variant_view.QualityCost` as a table, the Pareto front marked."""
+    if qc is None:
+        return []
+    lines = ["", f"Quality against cost: {code_span(qc.quality_key)} against {code_span(qc.cost_key)}", "",
+             _row("Variant", "Quality", "Cost", "Pareto front"), _row("---", "---:", "---:", "---")]
+    for p in qc.points:
+        lines.append(_row(escape_cell(p.label), escape_cell(format_number(p.quality)),
+                          escape_cell(format_number(p.cost)), "yes" if p.on_front else ""))
+    return lines

@@ -8,7 +8,7 @@ terminal control sequences in report text (an ANSI-coloured traceback, or worse)
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group
@@ -82,6 +82,9 @@ def print_scorecard(report: AuditReport, console: Console | None = None, *, max_
         console.print(_gate_table(report))
     if report.findings:
         console.print(_findings_table(report, max_findings))
+    view = _variants_view(report)
+    if view is not None:
+        console.print(variants_table(view))
     trouble = _probe_trouble(report)
     if trouble is not None:
         console.print(trouble)
@@ -142,7 +145,7 @@ def _gate_table(report: AuditReport) -> Group:
 
 
 def _headline(report: AuditReport, limit: int) -> tuple[Sequence[Finding], int]:
-    findings = report.findings
+    findings = [f for f in report.findings if f.variant is None]  # variants': in their own table
     if len(findings) <= limit:
         return findings, 0
     gated = {g.metric for g in report.gates}
@@ -194,3 +197,43 @@ def _probe_trouble(report: AuditReport) -> Group | None:
     if not lines:
         return None
     return Group(Text("Probes", style="italic"), *lines)
+
+
+# -- variants side by side (reports with variants only) ------------------------------------
+
+_VARIANT_ROWS = 12
+
+
+def _variants_view(report: AuditReport) -> Any:
+    if not report.variants and all(f.variant is None for f in report.findings):
+        return None
+    from audit.variant_view import side_by_side
+
+    return side_by_side(report)
+
+
+def variants_table(view: Any, limit: int = _VARIANT_ROWS) -> Table:
+    """A compact table of a :class:`audit.variant_view.SideBySide`: unsliced rows first, one
+    cell per variant with its value and delta (intervals are left to report.html), ``▲`` where
+    the delta is worse and its interval excludes 0."""
+    from audit.render.variants import delta_text
+
+    rows = [r for t in view.tables for r in t.rows]
+    order = sorted(range(len(rows)), key=lambda i: (bool(rows[i].slice), i))
+    keep = [rows[i] for i in sorted(order[:limit])]
+    table = Table(title=_plain(view.title), title_justify="left", box=box.SIMPLE_HEAD, expand=True)
+    table.add_column("Finding", overflow="fold", ratio=3, min_width=24)
+    for name in (view.base_label, *view.columns):
+        table.add_column(_plain(name), justify="right", no_wrap=True)
+    for r in keep:
+        cells = []
+        for cell in r.cells:
+            text = format_value(cell.finding) if cell.finding is not None else "—"
+            if cell.delta is not None:
+                text += " " + delta_text(r, cell.delta, with_ci=False).removeprefix("Δ ")
+            cells.append(_t(text + (" ▲" if cell.flagged else ""), style="bold red" if cell.flagged else ""))
+        table.add_row(_t(r.key), _t(format_value(r.base) if r.base is not None else "—"), *cells)
+    notes = [f"{len(rows) - limit} more rows in report.html"] if len(rows) > limit else []
+    notes.append("▲ worse, interval excludes 0" if view.n_flagged else "no variant worse beyond its interval")
+    table.caption = " · ".join(notes)
+    return table
