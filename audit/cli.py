@@ -258,11 +258,16 @@ def check(report_path: Path, baseline: str | None, spec_path: Path | None, junit
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--markdown", is_flag=True, help="Print a Markdown table (for a pull-request comment).")
-def diff(a: Path, b: Path, markdown: bool) -> None:
+@click.option("--side-by-side", "side", is_flag=True,
+              help="Also show A (base) and B side by side with unpaired deltas (always when a run has variants).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
+              help="Write the side-by-side view and the quality-versus-cost chart to this HTML file.")
+def diff(a: Path, b: Path, markdown: bool, side: bool, html_path: Path | None) -> None:
     """Show how the findings changed from report A to report B."""
     from audit.compare import diff_markdown, diff_reports, render_diff_table
     from audit.findings import AuditReport
 
+    _not_a_folder(html_path, "--html")
     ra, rb = AuditReport.load(a), AuditReport.load(b)
     _warn_unrelated(f"{a} and {b}", (ra.name, ra.subject.name, ra.subject.path),
                     (rb.name, rb.subject.name, rb.subject.path))
@@ -271,6 +276,36 @@ def diff(a: Path, b: Path, markdown: bool) -> None:
         click.echo(diff_markdown(changes))
     else:
         render_diff_table(changes, _console())
+    _diff_side_by_side(ra, rb, markdown=markdown, show=side, html_path=html_path)
+
+
+def _diff_side_by_side(ra: Any, rb: Any, *, markdown: bool, show: bool, html_path: Path | None) -> None:
+    """The variant-by-variant part of ``diff``: printed when asked or when a run has variants."""
+    from audit.variant_view import diff_quality_cost, diff_side_by_side, has_variants
+
+    show = show or has_variants(ra) or has_variants(rb)
+    if not (show or html_path):
+        return
+    views = diff_side_by_side(ra, rb)
+    qc = diff_quality_cost(ra, rb)
+    if show and markdown:
+        from audit.render.markdown import quality_cost_markdown, variants_markdown
+
+        click.echo("\n".join([*variants_markdown(views), *quality_cost_markdown(qc)]).lstrip("\n") + "\n")
+    elif show:
+        from audit.render.terminal import pareto_table, variants_table
+
+        console = _console()
+        for view in views:
+            console.print(variants_table(view))
+        if qc is not None:
+            console.print(pareto_table(qc))
+    if html_path is not None:
+        from audit.findings import atomic_write_text
+        from audit.render.variants import diff_html
+
+        atomic_write_text(html_path, diff_html(ra, rb, views))
+        click.echo(f"wrote {html_path}", err=True)
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from audit.findings import AuditReport, Finding, Interval
@@ -59,6 +59,8 @@ class FindingChange:
             value is NaN.
         beyond_intervals: True when both findings have intervals and they do not overlap,
             False when they overlap, None when either lacks an interval.
+        variant: the variant both findings were measured on (``spec.variants``); None for
+            the subjects themselves.
     """
 
     key: str
@@ -68,6 +70,12 @@ class FindingChange:
     relative: float | None
     direction: Direction
     beyond_intervals: bool | None
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The key, with ``· variant NAME`` for a variant's finding."""
+        return self.key if self.variant is None else f"{self.key} · variant {self.variant}"
 
 
 def compare_findings(before: Finding | None, after: Finding | None) -> FindingChange:
@@ -123,7 +131,9 @@ def diff_reports(a: AuditReport, b: AuditReport) -> list[FindingChange]:
     Returns:
         One change per key in either report: the keys of ``b`` in its order, then the keys
         only ``a`` has (``removed``) in ``a``'s order. If a report repeats a key, its first
-        finding is used, as :meth:`AuditReport.finding` does.
+        finding is used, as :meth:`AuditReport.finding` does. Findings of variants are
+        matched with the other report's findings of the same variant (``variant`` set on the
+        change), never with the subject's.
 
     Example:
         >>> changes = diff_reports(last_release, candidate)              # doctest: +SKIP
@@ -133,13 +143,17 @@ def diff_reports(a: AuditReport, b: AuditReport) -> list[FindingChange]:
     before = _by_key(a.findings)
     after = _by_key(b.findings)
     keys = list(after) + [k for k in before if k not in after]
-    return [compare_findings(before.get(k), after.get(k)) for k in keys]
+    out = []
+    for k in keys:
+        c = compare_findings(before.get(k), after.get(k))
+        out.append(c if k[0] is None else replace(c, variant=k[0]))
+    return out
 
 
-def _by_key(findings: Sequence[Finding]) -> dict[str, Finding]:
-    out: dict[str, Finding] = {}
+def _by_key(findings: Sequence[Finding]) -> dict[tuple[str | None, str], Finding]:
+    out: dict[tuple[str | None, str], Finding] = {}
     for f in findings:
-        out.setdefault(f.key, f)
+        out.setdefault((f.variant, f.key), f)
     return out
 
 
@@ -206,10 +220,13 @@ def _key_lines(c: FindingChange, width: int) -> list[str]:
     if slice_parts:
         slice_parts[0] = "[" + slice_parts[0]
         slice_parts = [p + "," for p in slice_parts[:-1]] + [slice_parts[-1] + "]"]
+    if c.variant is not None:
+        slice_parts.append(f"· variant {c.variant}")
     lines: list[str] = []
     line = ""
+    joined = 2 + bool(f.slice)  # probe, metric and the slice's first part run together
     for i, part in enumerate(parts + slice_parts):
-        sep = "" if i < 3 or not line else " "
+        sep = "" if i < joined or not line else " "
         if len(line) + len(sep) + len(part) <= width:
             line += sep + part
             continue
@@ -310,7 +327,7 @@ def diff_markdown(changes: Sequence[FindingChange]) -> str:
         before, after, delta, relative, beyond = _cells(c)
         change = f"**{c.direction}**" if c.direction == "worse" else c.direction
         lines.append(
-            f"| {code_span(c.key)} | {escape_cell(before)} | {escape_cell(after)} | {delta} | {relative} "
+            f"| {code_span(c.label)} | {escape_cell(before)} | {escape_cell(after)} | {delta} | {relative} "
             f"| {change} | {beyond} |"
         )
     return "\n".join(lines) + "\n"

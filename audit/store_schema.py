@@ -221,5 +221,7 @@ def audit_row(report: AuditReport, *, sha256: str, created_at: _dt.datetime, rep
         ingested_at=_dt.datetime.now(_dt.timezone.utc),
         schema_version=report.schema_version,
     )
-    row.findings = [finding_row(f, report.subject.name) for f in report.findings]
+    # Rows of the subject's findings only: the rows feed metric histories keyed by finding key,
+    # where a variant's value would pass for the subject's (variants stay in report_json).
+    row.findings = [finding_row(f, report.subject.name) for f in report.findings if f.variant is None]
     return row

@@ -57,6 +57,16 @@ def default_baseline(rows: Sequence[StoredAudit], candidate: str) -> str | None:
     return older[0].run_id if older else None
 
 
+def _by_key(report: AuditReport) -> dict[str, Finding]:
+    """The subject's findings by key (the first of a repeated key; variants' findings left out,
+    so that a variant never stands in for the subject in a history or a leaderboard)."""
+    out: dict[str, Finding] = {}
+    for f in report.findings:
+        if f.variant is None:
+            out.setdefault(f.key, f)
+    return out
+
+
 def compare_reports(baseline: AuditReport, candidate: AuditReport) -> list[FindingChange]:
     """Each finding's change from ``baseline`` to ``candidate`` (see :func:`audit.compare.diff_reports`)."""
     # Imported here: audit.compare pulls in SciPy, which the list page does not need.
@@ -89,7 +99,7 @@ def changes_frame(changes: Sequence[FindingChange]) -> pd.DataFrame:
 
     rows = [
         (
-            c.key, side(c.before), side(c.after),
+            c.label, side(c.before), side(c.after),
             math.nan if c.delta is None else c.delta,
             math.nan if c.relative is None else 100 * c.relative,
             c.direction, {True: "yes", False: "no", None: "—"}[c.beyond_intervals],
@@ -140,10 +150,10 @@ def runs_values_frame(reports: Sequence[tuple[str, AuditReport]], keys: Sequence
     """
     if not reports:
         return pd.DataFrame(columns=["finding", "run", "order", "change", "low", "high"])
-    base = {f.key: f for f in reports[0][1].findings}
+    base = _by_key(reports[0][1])
     rows = []
     for order, (label, report) in enumerate(reports):
-        found = {f.key: f for f in report.findings}
+        found = _by_key(report)
         for key in keys:
             b, f = base.get(key), found.get(key)
             if b is None or f is None or not math.isfinite(b.value) or b.value == 0 or not math.isfinite(f.value):
@@ -169,7 +179,7 @@ def metric_keys(store: ReportStore, rows: Sequence[StoredAudit], model: str | No
     for r in rows:
         if model is not None and r.subject_name != model:
             continue
-        keys.update(f.key for f in store.findings(r.run_id))
+        keys.update(f.key for f in store.findings(r.run_id) if f.variant is None)
         seen += 1
         if seen >= recent:
             break
@@ -225,7 +235,7 @@ def leaderboard_frame(latest: Sequence[tuple[StoredAudit, AuditReport]], keys: S
     column and a ``<key> CI`` column (the interval as text), then the link to the audit."""
     rows = []
     for row, report in latest:
-        found = {f.key: f for f in report.findings}
+        found = _by_key(report)
         rec: dict[str, object] = {"model": row.subject_name, "audit": row.name, "status": row.status,
                                   "created": row.created_at.replace(tzinfo=None)}  # fmt: skip
         for key in keys:
@@ -243,5 +253,5 @@ def shared_keys(reports: Iterable[AuditReport], *, limit: int = 12) -> list[str]
     most ``limit``."""
     counts: Counter[str] = Counter()
     for r in reports:
-        counts.update({f.key for f in r.findings if math.isfinite(f.value)})
+        counts.update({f.key for f in r.findings if f.variant is None and math.isfinite(f.value)})
     return [k for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]

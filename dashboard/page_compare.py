@@ -76,9 +76,10 @@ def compare_page(url: str, rows: list[StoredAudit]) -> None:
     else:
         st.caption("No gate changed status.")
 
-    moved = [c.key for c in changes[cand] if c.direction in ("better", "worse")]
+    moved = [c.key for c in changes[cand] if c.direction in ("better", "worse") and c.variant is None]
     for r in more:
-        moved += [c.key for c in changes[r] if c.direction in ("better", "worse") and c.key not in moved]
+        moved += [c.key for c in changes[r]
+                  if c.direction in ("better", "worse") and c.variant is None and c.key not in moved]
     if moved:
         frame = history.runs_values_frame(
             [(f"baseline {base[:8]}", before), *((f"{r[:8]}", reports[r]) for r in runs)], moved[:_CHART_FINDINGS]

@@ -13,7 +13,7 @@ from audit.errors import AuditError
 from audit.findings import AuditReport, Finding
 from audit.render import format_emissions, format_energy, format_interval, format_number, format_value, total_joules
 from audit.store import ReportStore, StoredAudit
-from dashboard import charts, common, data
+from dashboard import charts, common, data, variants
 from dashboard import report_view as rv
 from dashboard.text import clean_text, md_escape
 
@@ -71,9 +71,12 @@ def _summary(report: AuditReport) -> None:
         st.info("This audit has no gates.")
     st.header("Findings")
     if report.findings:
-        st.dataframe(rv.findings_frame(report.findings), hide_index=True, key="findings_table")
+        # the subject's findings; a variant's are in the Variants part, beside the subject's
+        own = [f for f in report.findings if f.variant is None]
+        st.dataframe(rv.findings_frame(own), hide_index=True, key="findings_table")
     else:
         st.info("This audit has no findings.")
+    variants.show_variants(report)
     failures, skipped = rv.failures_of(report), rv.skipped_of(report)
     if failures or skipped:
         st.header("Probe failures")
@@ -127,6 +130,7 @@ def _probe_section(store: ReportStore, report: AuditReport, section: rv.ProbeSec
         st.caption("No chart for these findings; they are listed below.")
     st.caption("Slices worst first within each metric.")
     st.dataframe(rv.findings_frame(rv.worst_first(section.findings)), hide_index=True, key=f"probe_table_{index}")
+    variants.show_probe_variants(report, section.probe, index)
     _drill_down(store, report, section.findings, index)
 
 

@@ -196,7 +196,7 @@ def _not_measured(report: AuditReport) -> list[str]:
             items.append(f"- {code_span(pid)}: failed ({escape_cell(p.error_kind or 'error')}): "
                          f"{escape_cell(first_line(p.error) or 'no error recorded')}")
     for f in report.findings:
-        if not math.isfinite(f.value):
+        if f.variant is None and not math.isfinite(f.value):  # the card is of the subject itself
             why = "; ".join(f.warnings) or "no reason recorded"
             items.append(f"- {code_span(f.key)}: no value: {escape_cell(why)}")
     out += items or ["Every probe of the spec ran and every finding has a value."]

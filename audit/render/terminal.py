@@ -234,6 +234,20 @@ def variants_table(view: Any, limit: int = _VARIANT_ROWS) -> Table:
             cells.append(_t(text + (" ▲" if cell.flagged else ""), style="bold red" if cell.flagged else ""))
         table.add_row(_t(r.key), _t(format_value(r.base) if r.base is not None else "—"), *cells)
     notes = [f"{len(rows) - limit} more rows in report.html"] if len(rows) > limit else []
-    notes.append("▲ worse, interval excludes 0" if view.n_flagged else "no variant worse beyond its interval")
+    notes.append("▲ worse, interval excludes 0" if view.n_flagged else "nothing worse beyond its interval")
     table.caption = " · ".join(notes)
+    return table
+
+
+def pareto_table(qc: Any) -> Table:
+    """The points of a :class:`audit.variant_view.QualityCost`, the Pareto front marked ``●``."""
+    better = "higher" if qc.quality_higher_is_better else "lower"
+    table = Table(title=_plain(f"Quality against cost: {qc.title}"), title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("Variant", no_wrap=True)
+    table.add_column(_plain(f"{qc.quality_key.split('/', 1)[-1]} ({better} is better)"), justify="right")
+    table.add_column(_plain(qc.cost_key.split("/", 1)[-1]), justify="right")
+    table.add_column("Pareto front", justify="center")
+    for p in qc.points:
+        table.add_row(_t(p.label), Text(format_number(p.quality)), Text(format_number(p.cost)),
+                      Text("●" if p.on_front else "", style="bold"))
     return table
