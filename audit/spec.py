@@ -205,6 +205,21 @@ class EmissionsSettings(_Frozen):
         return emissions_factor(country=self.country, g_per_kwh=self.g_per_kwh, source=self.source, pue=self.pue)
 
 
+class TradeoffSettings(_Frozen):
+    """Which findings the quality-versus-cost chart of a report with variants plots (each
+    ``probe/metric``, unsliced); unset keys are chosen by :func:`audit.variant_view.quality_cost`."""
+
+    quality: str | None = Field(default=None, description="e.g. quality.perplexity/perplexity")
+    cost: str | None = Field(default=None, description="e.g. energy.footprint/weight_bytes_in_memory")
+
+    @field_validator("quality", "cost")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_metric_ref(v)
+        return v
+
+
 class Settings(_Frozen):
     seed: int = 0
     device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:N")
@@ -218,6 +233,8 @@ class Settings(_Frozen):
         default=False, description="accept an audit in which every probe was skipped (else exit 2)")
     confine_paths: bool = Field(
         default=False, description="refuse data, model and code paths outside the spec's folder")
+    tradeoff: TradeoffSettings | None = Field(
+        default=None, description="quality and cost of the quality-versus-cost chart (reports with variants)")
 
 
 class AuditSpec(_Frozen):
@@ -445,6 +462,7 @@ def spec_fingerprint(spec: dict[str, Any]) -> str:
     for key, default in (("adapter", None), ("merge", False)):  # specs without an adapter keep their hash
         if key in subject and subject[key] == default:
             subject.pop(key)
-    for key in ("allow_empty", "confine_paths"):  # they decide whether the audit runs or passes, not its findings
+    # they decide whether the audit runs or passes, or how it is drawn (tradeoff), not its findings
+    for key in ("allow_empty", "confine_paths", "tradeoff"):
         (d.get("settings") or {}).pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
