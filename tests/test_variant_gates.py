@@ -161,3 +161,26 @@ def test_slice_keys_match_in_any_order():
     var = F(6.0, slice_={"a": "1", "b": "2"}, variant="int8")
     (r,) = evaluate_gate(G(metric=f"{KEY}[b=2,a=1]", variant="int8", max_delta=0.5), [base, var])
     assert r.status == "failed" and r.value == pytest.approx(1.0)
+
+
+def test_check_reevaluates_variant_gates_of_a_report(tmp_path):
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+    from tests.report_factory import make_variant_report
+
+    gates = [{"metric": KEY, "variant": "int8", "max_delta": 0.05, "relative": True, "significant_only": True},
+             {"metric": KEY, "variant": "lora", "max_delta": 0.05, "relative": True},
+             {"metric": KEY, "max": 12.5}]
+    report = make_variant_report()
+    report = report.__class__.from_dict({**report.to_dict(), "spec": {**report.spec, "gates": gates}})
+    path = tmp_path / "report.json"
+    report.save(path)
+    junit = tmp_path / "junit.xml"
+    res = CliRunner().invoke(cli, ["check", str(path), "--junit", str(junit)])
+    assert res.exit_code == 1, res.output  # int8: +7.5 % > 5 %, interval [+4.2 %, +10.8 %] excludes 0
+    xml = junit.read_text()
+    assert xml.count("<failure") == 1  # one testcase per gate (and per probe)
+    for name in ("quality.perplexity/perplexity · variant int8", "quality.perplexity/perplexity · variant lora",
+                 "quality.perplexity/perplexity"):
+        assert f'name="{name}"' in xml
