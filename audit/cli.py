@@ -281,31 +281,16 @@ def diff(a: Path, b: Path, markdown: bool, side: bool, html_path: Path | None) -
 
 def _diff_side_by_side(ra: Any, rb: Any, *, markdown: bool, show: bool, html_path: Path | None) -> None:
     """The variant-by-variant part of ``diff``: printed when asked or when a run has variants."""
-    from audit.variant_view import diff_quality_cost, diff_side_by_side, has_variants
+    from audit.compare import diff_views_markdown, render_diff_views, write_diff_html
+    from audit.variant_view import has_variants
 
-    show = show or has_variants(ra) or has_variants(rb)
-    if not (show or html_path):
-        return
-    views = diff_side_by_side(ra, rb)
-    qc = diff_quality_cost(ra, rb)
-    if show and markdown:
-        from audit.render.markdown import quality_cost_markdown, variants_markdown
-
-        click.echo("\n".join([*variants_markdown(views), *quality_cost_markdown(qc)]).lstrip("\n") + "\n")
-    elif show:
-        from audit.render.terminal import pareto_table, variants_table
-
-        console = _console()
-        for view in views:
-            console.print(variants_table(view))
-        if qc is not None:
-            console.print(pareto_table(qc))
+    if show or has_variants(ra) or has_variants(rb):
+        if markdown:
+            click.echo(diff_views_markdown(ra, rb))
+        else:
+            render_diff_views(ra, rb, _console())
     if html_path is not None:
-        from audit.findings import atomic_write_text
-        from audit.render.variants import diff_html
-
-        atomic_write_text(html_path, diff_html(ra, rb, views))
-        click.echo(f"wrote {html_path}", err=True)
+        click.echo(f"wrote {write_diff_html(ra, rb, html_path)}", err=True)
 
 
 @cli.command()

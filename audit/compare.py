@@ -17,8 +17,10 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from audit.findings import AuditReport, Finding, Interval
@@ -34,9 +36,12 @@ __all__ = [
     "compare_findings",
     "diff_markdown",
     "diff_reports",
+    "diff_views_markdown",
     "intervals_overlap",
     "render_diff_table",
+    "render_diff_views",
     "unrelated_reason",
+    "write_diff_html",
 ]
 
 Direction = Literal["better", "worse", "same", "added", "removed", "n/a"]
@@ -331,3 +336,41 @@ def diff_markdown(changes: Sequence[FindingChange]) -> str:
             f"| {change} | {beyond} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# -- side by side: A as the base, B as the other (audit.variant_view) ----------------------
+
+
+def diff_views_markdown(a: AuditReport, b: AuditReport) -> str:
+    """Markdown of A (base) against B with unpaired deltas, variant by variant, and the
+    quality-versus-cost points of both runs."""
+    from audit.render.markdown import quality_cost_markdown, variants_markdown
+    from audit.variant_view import diff_quality_cost, diff_side_by_side
+
+    lines = [*variants_markdown(diff_side_by_side(a, b)), *quality_cost_markdown(diff_quality_cost(a, b))]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def render_diff_views(a: AuditReport, b: AuditReport, console: Console | None = None) -> None:
+    """Print A (base) against B as compact tables (one per variant both runs have) and the
+    quality-versus-cost points."""
+    from rich.console import Console
+
+    from audit.render.terminal import pareto_table, variants_table
+    from audit.variant_view import diff_quality_cost, diff_side_by_side
+
+    console = console or Console()
+    for view in diff_side_by_side(a, b):
+        console.print(variants_table(view))
+    qc = diff_quality_cost(a, b)
+    if qc is not None:
+        console.print(pareto_table(qc))
+
+
+def write_diff_html(a: AuditReport, b: AuditReport, path: str | os.PathLike[str]) -> Path:
+    """Write the side-by-side views and the quality-versus-cost chart of A and B as one page."""
+    from audit.findings import atomic_write_text
+    from audit.render.variants import diff_html
+    from audit.variant_view import diff_side_by_side
+
+    return atomic_write_text(path, diff_html(a, b, diff_side_by_side(a, b)))
