@@ -200,3 +200,22 @@ def test_dashboard_run_page_shows_variants():
     assert len(at.get("vega_lite_chart")) >= 1
     # each probe tab has its own side-by-side table
     assert sum("Δ lora" in f.columns and len(f) == 1 for f in frames) == 2
+
+
+def test_junit_lists_each_variants_probes_and_the_card_counts_the_subjects_findings():
+    import xml.etree.ElementTree as ET
+
+    from audit.findings import ProbeStatus
+    from audit.render import render_junit
+    from audit.render.card import render_card
+
+    r = make_variant_report()
+    crashed = replace(r.variants[0], probes={**r.variants[0].probes,
+                                             "bias.toxicity": ProbeStatus("failed", error="RuntimeError: oom")})
+    r = replace(r, variants=(crashed, r.variants[1]))
+    probes = ET.fromstring(render_junit(r)).findall("testsuite")[1]
+    names = [c.get("name") for c in probes.findall("testcase")]
+    assert names[:3] == ["quality.perplexity", "bias.toxicity", "energy.footprint"]
+    assert "bias.toxicity · variant int8" in names and len(names) == 9
+    assert probes.get("errors") == "1" and r.exit_code == 3
+    assert "they gave 4 finding(s)" in render_card(r)

@@ -131,7 +131,7 @@ def _summary(report: AuditReport) -> list[str]:
     text = (f"{escape_cell(s.name)} ({escape_cell(s.kind)}, source {escape_cell(s.source)}) was audited with "
             f"genai-audit {escape_cell(version)} on {escape_cell(report.created_at)}. "
             f"Of its {len(probes)} probe(s), {counts['ok']} measured, {counts['failed']} failed and "
-            f"{counts['skipped']} did not apply; they gave {len(report.findings)} finding(s). ")
+            f"{counts['skipped']} did not apply; they gave {sum(f.variant is None for f in report.findings)} finding(s). ")
     if gates:
         text += f"{passed} of {len(gates)} gate(s) passed"
         text += (": failed " + ", ".join(code_span(gate_label(g)) for g in failed) + ". ") if failed else ". "

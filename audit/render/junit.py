@@ -64,7 +64,10 @@ def render_junit(report: AuditReport) -> str:
     _count(gates)
 
     probes = ET.SubElement(root, "testsuite", {"name": PROBES_SUITE, "timestamp": _clean(report.created_at)})
-    for probe_id, p in report.probes.items():
+    # Each variant's probes too (``spec.variants``): a probe that crashed on a variant fails the run.
+    runs = [*((pid, p) for pid, p in report.probes.items()),
+            *((f"{pid} · variant {v.name}", p) for v in report.variants for pid, p in v.probes.items())]
+    for probe_id, p in runs:
         attrs = {"classname": _clean(report.name), "name": _clean(probe_id)}
         if p.wall_s is not None:
             attrs["time"] = f"{p.wall_s:.3f}"
@@ -85,7 +88,7 @@ def render_junit(report: AuditReport) -> str:
     totals = {k: sum(int(s.get(k, "0")) for s in root) for k in ("tests", "failures", "errors", "skipped")}
     for k, v in totals.items():
         root.set(k, str(v))
-    time_total = sum(p.wall_s for p in report.probes.values() if p.wall_s is not None)
+    time_total = sum(p.wall_s for _, p in runs if p.wall_s is not None)
     root.set("time", f"{time_total:.3f}")
 
     ET.indent(root)
