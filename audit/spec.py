@@ -210,7 +210,7 @@ class TradeoffSettings(_Frozen):
     ``probe/metric``, unsliced); unset keys are chosen by :func:`audit.variant_view.quality_cost`."""
 
     quality: str | None = Field(default=None, description="e.g. quality.perplexity/perplexity")
-    cost: str | None = Field(default=None, description="e.g. energy.footprint/weight_bytes_in_memory")
+    cost: str | None = Field(default=None, description="e.g. energy.footprint/weight_bytes_memory")
 
     @field_validator("quality", "cost")
     @classmethod

@@ -342,7 +342,7 @@ def make_variant_report(*, hostile: bool = False, **overrides: Any) -> AuditRepo
                   ci=(11.5, 12.5), method="bootstrap-percentile-95", n=200)
     tox = finding("toxicity_rate", 0.034, probe="bias.toxicity", higher_is_better=False, ci=(0.021, 0.054), n=500,
                   slice={"group": "female" + bad})
-    mem = finding("weight_bytes_in_memory", 540e6, probe="energy.footprint", higher_is_better=False, unit="B",
+    mem = finding("weight_bytes_memory", 540e6, probe="energy.footprint", higher_is_better=False, unit="bytes",
                   n=None)
     jpk = finding("energy_j_per_1k_tokens", 50.0, probe="energy.footprint", higher_is_better=False, unit="J",
                   ci=(45.0, 55.0), method="bootstrap-percentile-95", n=20)

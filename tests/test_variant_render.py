@@ -108,7 +108,7 @@ def test_diff_reports_matches_variant_by_variant():
     moved = [(c.key, c.variant, c.delta) for c in changes if c.direction != "same"]
     assert moved == [(k, "int8", pytest.approx(1.0)) for k in (
         "quality.perplexity/perplexity", "bias.toxicity/toxicity_rate[group=female]",
-        "energy.footprint/weight_bytes_in_memory", "energy.footprint/energy_j_per_1k_tokens")]
+        "energy.footprint/weight_bytes_memory", "energy.footprint/energy_j_per_1k_tokens")]
     assert "`quality.perplexity/perplexity · variant int8`" in diff_markdown(changes)
 
 

@@ -152,7 +152,7 @@ def test_diff_side_by_side_unpaired_and_variant_by_variant():
 def test_quality_cost_defaults_to_perplexity_against_memory():
     qc = report_quality_cost(make_variant_report())
     assert qc.quality_key == "quality.perplexity/perplexity"
-    assert qc.cost_key == "energy.footprint/weight_bytes_in_memory"
+    assert qc.cost_key == "energy.footprint/weight_bytes_memory"
     assert [(p.label, p.quality, p.cost, p.on_front) for p in qc.points] == [
         ("base", 12.0, 540e6, False), ("int8", 12.9, 180e6, True), ("lora", 11.4, 540e6, True)]
     assert "bias.toxicity/toxicity_rate[group=female]" not in qc.quality_options  # sliced: never a quality

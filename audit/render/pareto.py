@@ -5,7 +5,7 @@ same guarantees: no ids, scripts or fonts; every text escaped).
 
 Example:
     >>> from audit.variant_view import QualityCost, QualityPoint
-    >>> qc = QualityCost("q/ppl", "energy.footprint/weight_bytes_in_memory", False, "", "B",
+    >>> qc = QualityCost("q/ppl", "energy.footprint/weight_bytes_memory", False, "", "B",
     ...                  (QualityPoint("base", 10.0, 4e8, None, True), QualityPoint("int8", 10.4, 1e8, None, True)))
     >>> svg = pareto_chart(qc)
     >>> svg.startswith("<svg") and "int8" in svg

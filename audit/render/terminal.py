@@ -212,6 +212,17 @@ def _variants_view(report: AuditReport) -> Any:
     return side_by_side(report)
 
 
+def _compact(f: Any) -> str:
+    """A value in few characters: 3 significant digits, k/M/G/T from 10,000 up (540M bytes)."""
+    x = f.value
+    text = format_number(x, digits=3)
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(x) >= scale and abs(x) < 1e15:
+            text = f"{format_number(x / scale, digits=3)}{suffix}"
+            break
+    return f"{text} {f.unit}" if f.unit and text != "n/a" else text
+
+
 def variants_table(view: Any, limit: int = _VARIANT_ROWS) -> Table:
     """A compact table of a :class:`audit.variant_view.SideBySide`: unsliced rows first, one
     cell per variant with its value and delta (intervals are left to report.html), ``▲`` where
@@ -222,17 +233,17 @@ def variants_table(view: Any, limit: int = _VARIANT_ROWS) -> Table:
     order = sorted(range(len(rows)), key=lambda i: (bool(rows[i].slice), i))
     keep = [rows[i] for i in sorted(order[:limit])]
     table = Table(title=_plain(view.title), title_justify="left", box=box.SIMPLE_HEAD, expand=True)
-    table.add_column("Finding", overflow="fold", ratio=3, min_width=24)
+    table.add_column("Finding", overflow="fold", ratio=3, min_width=30)
     for name in (view.base_label, *view.columns):
         table.add_column(_plain(name), justify="right", no_wrap=True)
     for r in keep:
         cells = []
         for cell in r.cells:
-            text = format_value(cell.finding) if cell.finding is not None else "—"
+            text = _compact(cell.finding) if cell.finding is not None else "—"
             if cell.delta is not None:
                 text += " " + delta_text(r, cell.delta, with_ci=False).removeprefix("Δ ")
             cells.append(_t(text + (" ▲" if cell.flagged else ""), style="bold red" if cell.flagged else ""))
-        table.add_row(_t(r.key), _t(format_value(r.base) if r.base is not None else "—"), *cells)
+        table.add_row(_t(r.key), _t(_compact(r.base) if r.base is not None else "—"), *cells)
     notes = [f"{len(rows) - limit} more rows in report.html"] if len(rows) > limit else []
     notes.append("▲ worse, interval excludes 0" if view.n_flagged else "nothing worse beyond its interval")
     table.caption = " · ".join(notes)
