@@ -39,6 +39,15 @@ def test_html_has_the_variants_part_the_tables_and_the_chart():
     assert section.count("<tr id=") == 1
 
 
+def test_variant_pages_are_self_contained(tmp_path):
+    from audit.compare import write_diff_html
+    from tests.test_render import external_references
+
+    r = make_variant_report(hostile=True)
+    assert external_references(render_html(r)) == []
+    assert external_references(write_diff_html(r, r, tmp_path / "d.html").read_text()) == []
+
+
 def test_report_without_variants_has_no_variant_part():
     for r in (make_report(), make_report(hostile=True)):
         html, md, term = render_html(r), render_markdown(r), _terminal(r)

@@ -18,7 +18,7 @@ import math
 
 from markupsafe import escape
 
-from audit.render.svg import _W, PALETTE, _Axis, _num, _svg, _text, _y_grid, nice_ticks
+from audit.render.svg import _CHAR_PX, _W, PALETTE, _Axis, _num, _svg, _text, _y_grid, nice_ticks
 from audit.variant_view import QualityCost
 
 __all__ = ["pareto_chart"]
@@ -70,6 +70,7 @@ def pareto_chart(qc: QualityCost) -> str:
         d = " ".join(f"{_num(ax(p.cost))},{_num(ay(p.quality))}" for p in front)
         body.append(f'<polyline points="{d}" fill="none" stroke="{PALETTE[1]}" stroke-width="2" '
                     'stroke-dasharray="5 3"/>')
+    placed: list[tuple[float, float, float]] = []  # label boxes drawn so far: (x0, x1, baseline y)
     for p in pts:
         px, py = ax(p.cost), ay(p.quality)
         if p.quality_ci and math.isfinite(p.quality_ci.low) and math.isfinite(p.quality_ci.high):
@@ -81,7 +82,16 @@ def pareto_chart(qc: QualityCost) -> str:
         body.append(f'<circle cx="{_num(px)}" cy="{_num(py)}" r="5" fill="{fill}" stroke="{PALETTE[1]}" '
                     f'stroke-width="2"><title>{escape(tip)}</title></circle>')
         anchor = "end" if px > _W - right - 80 else "start"
-        body.append(_text(px + (-8 if anchor == "end" else 8), py - 7, p.label, anchor=anchor))
+        lx = px + (-8 if anchor == "end" else 8)
+        width = _CHAR_PX * len(p.label)
+        x0, x1 = (lx - width, lx) if anchor == "end" else (lx, lx + width)
+        ly = py - 7
+        for _ in range(8):  # points close together: move the label down until it is clear of the others
+            if not any(a < x1 and x0 < b and abs(ly - y) < 12 for a, b, y in placed):
+                break
+            ly += 12
+        placed.append((x0, x1, ly))
+        body.append(_text(lx, ly, p.label, anchor=anchor))
     legend_y = bottom + 50
     body.append(f'<circle cx="{_num(left + 5)}" cy="{_num(legend_y - 4)}" r="5" fill="{PALETTE[1]}"/>')
     body.append(_text(left + 16, legend_y, "on the Pareto front (no variant is better on both)"))
