@@ -228,3 +228,20 @@ def test_junit_lists_each_variants_probes_and_the_card_counts_the_subjects_findi
     assert "bias.toxicity · variant int8" in names and len(names) == 9
     assert probes.get("errors") == "1" and r.exit_code == 3
     assert "they gave 4 finding(s)" in render_card(r)
+
+
+def test_a_nan_variant_finding_renders_as_na_everywhere():
+    import math
+
+    from audit.findings import Delta
+
+    r = make_variant_report()
+    nan = math.nan
+    fs = tuple(replace(f, value=nan, ci=None, delta=Delta(f.delta.base_value, nan), warnings=("not computed",))
+               if f.variant == "lora" and f.metric == "perplexity" else f for f in r.findings)
+    r = replace(r, findings=fs)
+    html, md, term = render_html(r), render_markdown(r), _terminal(r)
+    assert "Δ n/a" in html and "Δ n/a" in md and "n/a n/a" in term
+    # the quality must be measured on every variant: without lora's perplexity (and no other unsliced
+    # quality finding) there is no chart, and the page says why
+    assert report_quality_cost(r) is None and "No quality-versus-cost chart" in html
