@@ -24,6 +24,7 @@ BUILTIN_PROBES: dict[str, str] = {
     "bias.embedding_association": "probes.bias.embedding_association:EmbeddingAssociation",
     "human.ratings": "probes.human.ratings:HumanRatings",
     "energy.inference": "probes.energy.inference:InferenceEnergy",
+    "energy.footprint": "probes.energy.footprint:Footprint",
     "privacy.image_replication": "probes.privacy.image_replication:ImageReplication",
     "quality.visual_inspection": "probes.quality.visual_inspection:VisualInspection",
     "privacy.extraction": "probes.privacy.extraction:Extraction",

@@ -56,7 +56,9 @@ def missing_capabilities(subject: Any, probe: Any) -> str | None:
         notes = getattr(subject, "capability_notes", None) or {}
         why = [f"{c}: {notes[c]}" for c in lacking if c in notes]
         return reason + (f" ({'; '.join(why)})" if why else "")
-    return None
+    # A probe may know more than kinds and capabilities (e.g. energy.footprint needs a torch module).
+    check = getattr(probe, "not_applicable", None)
+    return check(subject) if callable(check) else None
 
 
 class TextGenerator(Subject):

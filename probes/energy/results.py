@@ -78,6 +78,16 @@ class Results:
         out += self._peak_memory()
         return out
 
+    def energy_findings(self) -> list[Finding]:
+        """The gross measured energy per unit and, where a meter estimated, the labelled estimate
+        beside it: what ``energy.footprint`` reports (no idle baseline, emissions or throughput)."""
+        suffix, unit, scale, _ = UNITS[(self.kind, self.op)]
+        summaries = [summarize(x.readings) for x in self.windows]
+        common = self._common_warnings(unit)
+        _, measured = self._measured(summaries, common, suffix, unit, scale)
+        _, estimated = self._estimate(summaries, common, suffix, unit, scale)
+        return [measured[0], *estimated]
+
     def _common_warnings(self, unit: str) -> list[str]:
         n = len(self.windows)
         common: list[str] = []
