@@ -145,7 +145,7 @@ class Footprint:
         flops = count_flops(forward, mods)
         evidence = {"forward": note, "units_in_forward": per_call, "total_flops": flops.total,
                     "counted_by_flop_counter": flops.counted, "by_op": flops.by_op,
-                    "what": "FlopCounterMode's formulas: matrix multiplications, convolutions and attention; "
+                    "what": "FlopCounterMode's formulas: matrix multiplications, convolutions and attention (its full square: causal masking is not discounted); "
                             "elementwise ops, norms and softmax are not counted"}
         warn = list(caveats.get("flops", ()))
         if flops.quantized_layers:

@@ -315,7 +315,7 @@ def count_flops(call: Callable[[], Any], modules: Sequence[Any] = ()) -> FlopCou
 
     handles = [q.register_forward_hook(hook) for _, q in dynamic_quantized_linears(modules)]
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
             call()
     finally:
         for h in handles:
@@ -323,6 +323,21 @@ def count_flops(call: Callable[[], Any], modules: Sequence[Any] = ()) -> FlopCou
     counted = int(counter.get_total_flops())
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return FlopCount(counted + quantized[0], counted, quantized[0], len(ran), by_op)
+
+
+def _extra_formulas() -> dict[Any, Any]:
+    """Formulas FlopCounterMode lacks: the CPU flash-attention kernel (the GPU kernels' formula)."""
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        return {}
+
+    def cpu_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    return {op: cpu_sdpa}
 
 
 # -- peak tensor memory -------------------------------------------------------------------------
