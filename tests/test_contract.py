@@ -20,6 +20,7 @@ from tests import test_diffusion_likelihood, test_text_detectability, test_text_
 from tests import bias_fakes, deepfake_fakes, human_fakes, image_fakes
 from tests import privacy_fakes, robustness_support
 from tests import test_image_replication, test_visual_inspection
+from tests import test_footprint
 
 
 def _perplexity_inputs(tmp_path):
@@ -39,6 +40,7 @@ FAKES = {
     "robustness.detector_evasion": robustness_support.detector_contract_inputs,
     "robustness.text_embedding": robustness_support.text_embedding_contract_inputs,
     "energy.inference": energy_inference_inputs,
+    "energy.footprint": test_footprint.footprint_contract_inputs,
     "human.ratings": human_fakes.human_ratings_inputs,
     "quality.text_diversity": test_text_diversity.diversity_contract_inputs,
     "deepfake.text_detectability": test_text_detectability.detectability_contract_inputs,

@@ -160,7 +160,7 @@ PROBES = (
 WHOLE_ON_EVERY_RANK = (
     "quality.sliced_wasserstein", "quality.diffusion_likelihood", "quality.visual_inspection",
     "privacy.extraction", "privacy.membership_inference", "privacy.pii_leakage", "privacy.image_replication",
-    "human.ratings",
+    "human.ratings", "energy.footprint",
 )
 
 
@@ -202,7 +202,7 @@ def _cases():
 #: The cases that shard their work (each rank is checked to get a non-empty, adjoining part).
 SHARDED = (*PROBES, "quality.image_fidelity[torch]", "quality.image_fidelity[callable]", "energy.inference")
 #: Measured, not computed: only the counts (calls, units, windows, n) can equal a single process's.
-MEASURED = ("energy.inference",)
+MEASURED = ("energy.inference", "energy.footprint")
 
 
 def _make_case(case: str, folder: Path) -> tuple:
