@@ -137,6 +137,26 @@ def test_per_channel_quantized_weights_count_a_scale_and_zero_point_per_row():
     assert memory_bytes([q]).total == 16 * 8 + 8 * (8 + 8) + 8 * 4
 
 
+def test_a_quantized_head_tied_to_the_embedding_is_counted_apart_and_said_so():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=320, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    tied = LlamaForCausalLM(cfg).eval()
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    base = count_parameters([tied]).total  # the tied head once
+    q = _quantized(tied)
+    # the head is now an int8 copy beside the float embedding: counted apart, with a warning
+    assert count_parameters([q]).total == base + 320 * 16
+    lm = tiny_text_generator()
+    lm.model = q
+    got = _run(lm)
+    assert "lm_head" in got["parameters_total"].warnings[0] and "lm_head" in got["weight_bytes_memory"].warnings[0]
+    untied = tiny_text_generator()  # tie_word_embeddings false: no warning
+    untied.model = _quantized(untied.model)
+    assert _run(untied)["parameters_total"].warnings == ()
+
+
 def _lora(model, r=4):
     from peft import LoraConfig, get_peft_model
 

@@ -51,6 +51,7 @@ from probes.energy.footprint_functional import (
     count_parameters,
     disk_bytes,
     memory_bytes,
+    quantized_copies_of_embeddings,
     torch_modules,
 )
 from probes.energy.functional import percentile_ci, reset_host_peak, host_peak_rss_bytes
@@ -140,7 +141,7 @@ class Footprint:
         forward, per_call, note = _forward(self, subject, ctx, device)
         caveats = _caveats(subject, mods)
 
-        out = self._parameters(subject, mods, modules) + self._bytes(subject, mods, caveats)
+        out = self._parameters(subject, mods, modules, caveats) + self._bytes(subject, mods, caveats)
         weights = memory_bytes(mods).total
         flops = count_flops(forward, mods)
         evidence = {"forward": note, "units_in_forward": per_call, "total_flops": flops.total,
@@ -163,7 +164,8 @@ class Footprint:
         return Finding(probe=self.id, metric=metric, value=float(value), higher_is_better=False, unit=unit, ci=ci,
                        n=n, warnings=tuple(dict.fromkeys(warnings)), evidence=evidence or {})
 
-    def _parameters(self, subject: Any, mods: list[Any], modules: dict[str, Any]) -> list[Finding]:
+    def _parameters(self, subject: Any, mods: list[Any], modules: dict[str, Any],
+                    caveats: dict[str, list[str]]) -> list[Finding]:
         count = count_parameters(mods)
         details = getattr(getattr(subject, "identity", None), "details", None) or {}
         trainable, what, warn = count.trainable, count.trainable_what, []
@@ -180,7 +182,8 @@ class Footprint:
                                 "(packed params, not in .parameters())")
         shown = list(count.adapted_modules[:50])
         return [
-            self._f("parameters_total", count.total, "parameters", evidence=total_ev),
+            self._f("parameters_total", count.total, "parameters", warnings=caveats.get("parameters", ()),
+                    evidence=total_ev),
             self._f("parameters_trainable", trainable, "parameters", warnings=warn,
                     evidence={"what": what, "adapted_modules": shown,
                               "adapted_modules_count": len(count.adapted_modules),
@@ -294,6 +297,12 @@ def _caveats(subject: Any, mods: list[Any]) -> dict[str, list[str]]:
     if getattr(identity, "source", "") == "gguf":
         out["memory"].append("GGUF weights are dequantized on load: this is the dequantized model's memory, not "
                              "a GGUF runtime's (the quantization error is measured, the runtime memory is not)")
+    copies = quantized_copies_of_embeddings(mods)
+    if copies:
+        note = (f"{', '.join(copies[:3])}: quantized Linear shaped like the embedding (an output head tied to it "
+                "before quantization?): its int8 copy is held, and counted, beside the float embedding")
+        out["parameters"] = [note]
+        out["memory"].append(note)
     bnb = sorted({type(m).__name__ for root in mods for m in root.modules()
                   if type(m).__name__ in ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")})
     if bnb:

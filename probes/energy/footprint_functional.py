@@ -36,6 +36,7 @@ __all__ = [
     "disk_bytes",
     "dynamic_quantized_linears",
     "memory_bytes",
+    "quantized_copies_of_embeddings",
     "torch_modules",
 ]
 
@@ -78,6 +79,21 @@ def dynamic_quantized_linears(modules: Iterable[Any]) -> list[tuple[str, Any]]:
             if isinstance(m, QLinear) and id(m) not in seen:
                 seen.add(id(m))
                 out.append((name, m))
+    return out
+
+
+def quantized_copies_of_embeddings(modules: Sequence[Any]) -> list[str]:
+    """Dynamically quantized ``Linear`` layers shaped like a float embedding of the same model:
+    most likely an output head that was tied to the embedding before quantization, now an int8
+    copy held beside it (so the model stores, and this module counts, both)."""
+    import torch
+
+    out = []
+    for root in modules:
+        if getattr(getattr(root, "config", None), "tie_word_embeddings", None) is False:
+            continue  # a transformers model that says its head is its own
+        shapes = {tuple(m.weight.shape) for m in root.modules() if isinstance(m, torch.nn.Embedding)}
+        out += [name for name, q in dynamic_quantized_linears([root]) if (q.out_features, q.in_features) in shapes]
     return out
 
 
