@@ -320,3 +320,19 @@ def test_probe_on_an_image_generator():
     got = _run(TinyImageGenerator(), batch_size=2)  # Linear(8, 192)
     assert got["flops_per_image"].value == 2 * 8 * 192 and got["parameters_total"].value == 8 * 192 + 192
     assert got["latency_s_per_image"].n == 6 and got["energy_j_per_image"].n == 2
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_peak_is_the_allocator_s_and_the_counts_match_the_cpu():
+    cpu = _run(tiny_text_generator())
+    lm = tiny_text_generator()
+    lm.model.to("cuda")
+    lm.device = torch.device("cuda")
+    probe = build_probe("energy.footprint", {**FAST, "cpu_estimate": False})
+    got = {f.metric: f for f in probe.run(lm, ProbeContext(device="cuda", probe_id="energy.footprint"))}
+    for metric in ("parameters_total", "weight_bytes_memory", "flops_per_token"):
+        assert got[metric].value == cpu[metric].value, metric
+    peak = got["peak_memory_bytes"]
+    assert "max_memory_allocated" in peak.evidence["what"] and peak.evidence["activations_peak"] > 0
+    assert peak.value >= got["weight_bytes_memory"].value
+    assert got["latency_s_per_1k_tokens"].value > 0
