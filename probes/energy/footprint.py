@@ -260,20 +260,25 @@ class Footprint:
         finally:
             if own:
                 getattr(meter, "close", lambda: None)()
-        lat = np.array([t * scale / (w.units / w.calls) for w in windows for t in w.latencies_s], dtype=np.float64)
-        value, ci = percentile_ci(lat, 50, n_resamples=self.n_resamples, confidence=self.confidence)
+        lat = np.array([t * scale * w.calls / w.units if w.units > 0 else math.nan
+                        for w in windows for t in w.latencies_s], dtype=np.float64)
         warn = []
-        if ctx.dist.active:
-            warn.append("under torchrun each rank times its own forwards while the others run theirs: latency and "
-                        "energy include their contention")
+        if not np.all(np.isfinite(lat)):
+            warn.append(f"some forwards produced no {unit.split('/', 1)[1]}: latency per unit is nan")
+            value, ci = math.nan, None
+        else:
+            value, ci = percentile_ci(lat, 50, n_resamples=self.n_resamples, confidence=self.confidence)
+        contention = [] if not ctx.dist.active else [
+            "under torchrun each rank times its own forwards while the others run theirs: latency and energy "
+            "include their contention"]
+        evidence = {"what": "median over timed forwards of the call's wall time per unit", "forward": note,
+                    "windows": len(windows), "calls": int(sum(w.calls for w in windows)),
+                    "units": float(sum(w.units for w in windows))}
         out = [self._f(f"latency_s_per_{suffix}", value, f"s/{unit.split('/', 1)[1]}", n=int(lat.size), ci=ci,
-                       warnings=warn, evidence={"what": "median over timed forwards of the call's wall time per unit",
-                                                "forward": note, "windows": len(windows),
-                                                "calls": int(sum(w.calls for w in windows)),
-                                                "units": float(sum(w.units for w in windows))})]
+                       warnings=warn + contention, evidence=evidence)]
         workload = _Workload(call=lambda i: forward(), batch=self.batch_size, note=note)
         energy = Results(self, kind, op, workload, windows, None, [], [], {}).energy_findings()  # type: ignore[arg-type]
-        return out + [f if not warn else _with_warnings(f, warn) for f in energy]
+        return out + [_with_warnings(f, contention) if contention else f for f in energy]
 
 
 def _with_warnings(f: Finding, extra: list[str]) -> Finding:
