@@ -133,7 +133,8 @@ def test_per_channel_quantized_weights_count_a_scale_and_zero_point_per_row():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(16, 8)), {torch.nn.Linear: per_channel_dynamic_qconfig})
+        q = quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(16, 8)),
+                             {torch.nn.Linear: per_channel_dynamic_qconfig})
     assert memory_bytes([q]).total == 16 * 8 + 8 * (8 + 8) + 8 * 4
 
 

@@ -146,8 +146,9 @@ class Footprint:
         flops = count_flops(forward, mods)
         evidence = {"forward": note, "units_in_forward": per_call, "total_flops": flops.total,
                     "counted_by_flop_counter": flops.counted, "by_op": flops.by_op,
-                    "what": "FlopCounterMode's formulas: matrix multiplications, convolutions and attention (its full square: causal masking is not discounted); "
-                            "elementwise ops, norms and softmax are not counted"}
+                    "what": "FlopCounterMode's formulas: matrix multiplications, convolutions and attention (its "
+                            "full square: causal masking is not discounted); elementwise ops, norms and softmax "
+                            "are not counted"}
         warn = list(caveats.get("flops", ()))
         if flops.quantized_layers:
             evidence["quantized_linear_flops"] = flops.quantized
@@ -277,7 +278,8 @@ class Footprint:
         out = [self._f(f"latency_s_per_{suffix}", value, f"s/{unit.split('/', 1)[1]}", n=int(lat.size), ci=ci,
                        warnings=warn + contention, evidence=evidence)]
         workload = _Workload(call=lambda i: forward(), batch=self.batch_size, note=note)
-        energy = Results(self, kind, op, workload, windows, None, [], [], {}).energy_findings()  # type: ignore[arg-type]
+        results = Results(self, kind, op, workload, windows, None, [], [], {})  # type: ignore[arg-type]
+        energy = results.energy_findings()
         return out + [_with_warnings(f, contention) if contention else f for f in energy]
 
 
