@@ -337,3 +337,18 @@ def test_on_cuda_the_peak_is_the_allocator_s_and_the_counts_match_the_cpu():
     assert "max_memory_allocated" in peak.evidence["what"] and peak.evidence["activations_peak"] > 0
     assert peak.value >= got["weight_bytes_memory"].value
     assert got["latency_s_per_1k_tokens"].value > 0
+
+
+def test_the_runner_records_the_skip_of_a_generations_file(tmp_path):
+    import yaml
+
+    from audit.runner import run_audit
+    from audit.spec import load_spec
+
+    (tmp_path / "gens.jsonl").write_text('{"prompt": "A", "output": "a"}\n', encoding="utf-8")
+    spec = {"name": "skip", "subject": {"kind": "text-generator", "source": "generations", "path": "gens.jsonl"},
+            "probes": [{"id": "energy.footprint"}], "settings": {"device": "cpu", "allow_empty": True}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    report = run_audit(load_spec(tmp_path / "a.yaml"), out_dir=tmp_path / "out", use_store=False).report
+    status = report.probes["energy.footprint"]
+    assert status.status == "skipped" and "GenerationsFile" in status.reason and not report.findings
