@@ -158,6 +158,25 @@ def test_a_quantized_head_tied_to_the_embedding_is_counted_apart_and_said_so():
     assert _run(untied)["parameters_total"].warnings == ()
 
 
+def test_bitsandbytes_style_weights_count_the_values_they_pack_and_their_state():
+    # bitsandbytes is GPU-only here: its layout by duck typing (Params4bit: uint8 data, two 4-bit
+    # values per byte, the original shape and absmax/code in quant_state; Int8Params: row scales SCB)
+    from types import SimpleNamespace
+
+    lin4 = torch.nn.Linear(64, 32, bias=False)
+    lin4.weight = torch.nn.Parameter(torch.zeros(64 * 32 // 2, 1, dtype=torch.uint8), requires_grad=False)
+    nested = SimpleNamespace(absmax=torch.zeros(2, dtype=torch.float32), code=torch.zeros(256))
+    lin4.weight.quant_state = SimpleNamespace(shape=torch.Size([32, 64]), absmax=torch.zeros(32, dtype=torch.uint8),
+                                              code=torch.zeros(16), offset=torch.zeros(()), state2=nested)
+    lin8 = torch.nn.Linear(64, 32, bias=False)
+    lin8.weight = torch.nn.Parameter(torch.zeros(32, 64, dtype=torch.int8), requires_grad=False)
+    lin8.weight.SCB = torch.zeros(32)
+    net = torch.nn.Sequential(lin4, lin8)
+    assert count_parameters([net]).total == 2 * 32 * 64
+    state4 = 32 * 1 + 16 * 4 + 4 + (2 * 4 + 256 * 4)
+    assert memory_bytes([net]).total == (64 * 32 // 2 + state4) + (32 * 64 + 32 * 4)
+
+
 def _lora(model, r=4):
     from peft import LoraConfig, get_peft_model
 

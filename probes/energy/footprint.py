@@ -313,8 +313,9 @@ def _caveats(subject: Any, mods: list[Any]) -> dict[str, list[str]]:
     bnb = sorted({type(m).__name__ for root in mods for m in root.modules()
                   if type(m).__name__ in ("Linear8bitLt", "Linear4bit", "LinearNF4", "LinearFP4")})
     if bnb:
-        out["memory"].append(f"bitsandbytes layers ({', '.join(bnb)}): their quantization state (absmax, "
-                             "outliers) is not counted")
+        out["memory"].append(f"bitsandbytes layers ({', '.join(bnb)}): 4-bit weights counted as the values "
+                             "they pack, with their quantization state (absmax, code); 8-bit with their row scales; "
+                             "outlier buffers made during a forward are not weights")
         out["flops"].append(f"bitsandbytes layers ({', '.join(bnb)}): FlopCounterMode may not count their "
                             "int8/4-bit matmuls")
     return out

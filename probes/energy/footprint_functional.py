@@ -123,6 +123,35 @@ def _qtensor_bytes(w: Any) -> int:
     return n
 
 
+def _numel(p: Any) -> int:
+    """Values a parameter stands for: a bitsandbytes 4-bit weight packs two in each uint8 and keeps
+    the original shape in its ``quant_state``."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    if shape is not None:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n
+    return p.numel()
+
+
+def _side_bytes(p: Any) -> int:
+    """Bytes a bitsandbytes weight keeps beside its data: a 4-bit ``quant_state``'s absmax, code
+    and offset (and those of its nested state), an 8-bit weight's row scales ``SCB``."""
+    import torch
+
+    out = 0
+    states = [getattr(p, "quant_state", None)]
+    states.append(getattr(states[0], "state2", None))
+    for st in states:
+        for name in ("absmax", "code", "offset"):
+            t = getattr(st, name, None)
+            if isinstance(t, torch.Tensor):
+                out += t.nbytes
+    scb = getattr(p, "SCB", None)
+    return out + (scb.nbytes if isinstance(scb, torch.Tensor) else 0)
+
+
 # -- parameters -------------------------------------------------------------------------------
 
 
@@ -204,7 +233,7 @@ def count_parameters(modules: Sequence[Any]) -> ParameterCount:
     for _, q in dynamic_quantized_linears(modules):
         w, b = q._weight_bias()
         packed += w.numel() + (b.numel() if b is not None else 0)
-    total = sum(p.numel() for p in params) + packed
+    total = sum(_numel(p) for p in params) + packed
     adapter, names = 0, []
     for m in modules:
         a, n = _peft_adapter(m)
@@ -212,7 +241,7 @@ def count_parameters(modules: Sequence[Any]) -> ParameterCount:
     if names:
         return ParameterCount(total, adapter, "the peft adapter's parameters (its layers, trainable or frozen for "
                               "inference), not the base model's", tuple(names), packed)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    trainable = sum(_numel(p) for p in params if p.requires_grad)
     what = "parameters with requires_grad (a full fine-tune would train them)"
     if packed:
         what += "; quantized packed weights are not trainable"
@@ -228,8 +257,9 @@ class MemoryBytes:
 
     Attributes:
         total: parameters + buffers + packed quantized weights.
-        parameters / buffers / packed: the parts (packed: dynamically quantized ``Linear``
-            weights with their scales and zero points, and their float biases).
+        parameters / buffers / packed: the parts (parameters: bitsandbytes weights with their
+            quantization state, under the weight's type; packed: dynamically quantized
+            ``Linear`` weights with their scales and zero points, and their float biases).
         by_dtype: bytes per element type over all parts.
     """
 
@@ -259,7 +289,7 @@ def memory_bytes(modules: Sequence[Any]) -> MemoryBytes:
         by_dtype[key] = by_dtype.get(key, 0) + n
         return n
 
-    params = sum(add(p.dtype, p.nbytes) for p in _unique(p for m in modules for p in m.parameters()))
+    params = sum(add(p.dtype, p.nbytes + _side_bytes(p)) for p in _unique(p for m in modules for p in m.parameters()))
     buffers = sum(add(b.dtype, b.nbytes) for b in _unique(b for m in modules for b in m.buffers()))
     packed = 0
     for _, q in dynamic_quantized_linears(modules):
