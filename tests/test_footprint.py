@@ -177,6 +177,26 @@ def test_bitsandbytes_style_weights_count_the_values_they_pack_and_their_state()
     assert memory_bytes([net]).total == (64 * 32 // 2 + state4) + (32 * 64 + 32 * 4)
 
 
+def test_a_wrapper_names_the_deployed_module_and_only_it_is_counted():
+    class WithReference(torch.nn.Module):  # an int8 model and the float one kept for gradients
+        def __init__(self):
+            super().__init__()
+            self.reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+            self.quantized = _quantized(self.reference)
+            self.footprint_module = self.quantized
+
+        def forward(self, x):
+            return self.quantized(x)
+
+    clf = TinyClassifier()
+    clf.model = WithReference()
+    assert list(torch_modules(clf)) == ["model.footprint_module"]
+    got = _run(clf)
+    assert got["parameters_total"].value == 51 and got["weight_bytes_memory"].value == 16 * 3 + 16 + 3 * 4
+    assert got["parameters_total"].evidence["modules"] == {"model.footprint_module": 51}
+    assert got["parameters_total"].evidence["quantized_packed"] == 51
+
+
 def _lora(model, r=4):
     from peft import LoraConfig, get_peft_model
 

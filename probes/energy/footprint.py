@@ -176,7 +176,7 @@ class Footprint:
                 trainable = in_file
                 what = "the adapter's parameters, read from its adapter_model.safetensors"
                 warn.append("the adapter is merged into the weights: its parameters are counted from its file")
-        total_ev = {"modules": {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()},
+        total_ev = {"modules": {k: count_parameters([m]).total for k, m in modules.items()},
                     "quantized_packed": count.packed}
         if count.packed:
             total_ev["what"] = ("parameters, plus the weights and biases of dynamically quantized Linear layers "

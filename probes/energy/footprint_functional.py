@@ -52,7 +52,9 @@ def torch_modules(subject: Any) -> dict[str, Any]:
 
     A text generator or classifier has ``model``; a latent-to-image generator ``module``; a
     diffusers pipeline ``pipe`` whose components (UNet, VAE, text encoder) are modules. A
-    server, a generations file or a folder of images has none.
+    server, a generations file or a folder of images has none. A wrapper that holds more than
+    would be deployed (e.g. an int8 model with its float reference kept for straight-through
+    gradients) names the deployed part as its ``footprint_module``; that part is counted.
     """
     import torch
 
@@ -60,7 +62,11 @@ def torch_modules(subject: Any) -> dict[str, Any]:
     for attr in ("model", "module"):
         m = getattr(subject, attr, None)
         if isinstance(m, torch.nn.Module):
-            out[attr] = m
+            deployed = getattr(m, "footprint_module", None)
+            if isinstance(deployed, torch.nn.Module):
+                out[f"{attr}.footprint_module"] = deployed
+            else:
+                out[attr] = m
     pipe = getattr(subject, "pipe", None)
     components = getattr(pipe, "components", None)
     if isinstance(components, Mapping):
