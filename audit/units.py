@@ -126,7 +126,12 @@ def evaluate_units(units: Units, weights: Any = None) -> float:
 
 
 def _counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
+    """``[size, n]`` multinomial(n, 1/n) counts: how often each unit is drawn in each resample.
+
+    Drawn as ``n`` uniform indices per resample and counted with one ``bincount`` (the same
+    distribution as ``rng.multinomial``, about ten times faster for thousands of units)."""
+    draws = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
 
 
 def _percentile(diff: np.ndarray, confidence: float, method: str) -> Interval | None:

@@ -131,34 +131,35 @@ def weighted_exp_ratio(columns: Columns, weights: np.ndarray) -> Any:
         return np.exp(weighted_ratio(columns, weights))
 
 
-def _auroc(score: np.ndarray, label: np.ndarray, w: np.ndarray, chunk: int = 256) -> Any:
+def _auroc(neg: np.ndarray, w_neg: np.ndarray, pos: np.ndarray, w_pos: np.ndarray, chunk: int = 256) -> Any:
     """Weighted Mann-Whitney AUROC, ties counted one half; non-finite scores are left out.
 
-    ``sum_{i pos, j neg} w_i w_j ([s_i > s_j] + [s_i = s_j] / 2) / (W_pos W_neg)``, computed
-    from one sort of the scores: per distinct score, the positive and negative weight, then
-    a cumulative sum of the negative weight below each positive. ``w`` is 1-D or ``[B, n]``.
+    ``sum_{i pos, j neg} w_i w_j ([s_i > s_j] + [s_i = s_j] / 2) / (W_pos W_neg)``, from one
+    sort of the negatives: per distinct negative score its weight, a cumulative sum of it,
+    and for each positive the weight strictly below and equal to its score (two gathers).
+    The weights are 1-D or ``[B, n]`` (one row per resample).
     """
-    s = np.asarray(score, dtype=np.float64)
-    y = np.asarray(label).astype(np.float64)
-    keep = np.isfinite(s)
-    s, y = s[keep], y[keep]
-    w = w[..., keep]
-    one = w.ndim == 1
-    w2 = w[None, :] if one else w
-    order = np.argsort(s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1] if s.size else np.zeros(0, dtype=np.int64)
-    out = np.full(w2.shape[0], np.nan)
-    if s.size == 0:
-        return out[0] if one else out
-    for lo in range(0, w2.shape[0], chunk):
-        ws = w2[lo:lo + chunk][:, order]
-        pos = np.add.reduceat(ws * y_sorted, starts, axis=1)
-        neg = np.add.reduceat(ws * (1.0 - y_sorted), starts, axis=1)
-        below = np.cumsum(neg, axis=1) - neg
-        num = np.sum(pos * (below + 0.5 * neg), axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[lo:lo + chunk] = num / (pos.sum(axis=1) * neg.sum(axis=1))
+    neg, pos = np.asarray(neg, dtype=np.float64), np.asarray(pos, dtype=np.float64)
+    kn, kp = np.isfinite(neg), np.isfinite(pos)
+    neg, pos, w_neg, w_pos = neg[kn], pos[kp], w_neg[..., kn], w_pos[..., kp]
+    one = w_neg.ndim == 1
+    w_neg, w_pos = np.atleast_2d(w_neg), np.atleast_2d(w_pos)
+    out = np.full(w_neg.shape[0], np.nan)
+    if neg.size and pos.size:
+        order = np.argsort(neg, kind="mergesort")
+        sorted_neg = neg[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_neg)) + 1]
+        distinct = sorted_neg[starts]
+        left = np.searchsorted(distinct, pos, side="left")    # distinct negative scores below each positive
+        right = np.searchsorted(distinct, pos, side="right")  # ... below or equal
+        for lo in range(0, w_neg.shape[0], chunk):
+            wn, wp = w_neg[lo:lo + chunk], w_pos[lo:lo + chunk]
+            per = np.add.reduceat(wn[:, order], starts, axis=1)
+            cum = np.concatenate([np.zeros((per.shape[0], 1)), np.cumsum(per, axis=1)], axis=1)
+            below, upto = cum[:, left], cum[:, right]
+            num = np.einsum("bi,bi->b", wp, below + upto) / 2  # below + equal / 2 = (below + upto) / 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[lo:lo + chunk] = num / (wp.sum(axis=1) * cum[:, -1])
     return out[0] if one else out
 
 
@@ -166,7 +167,10 @@ def _auroc(score: np.ndarray, label: np.ndarray, w: np.ndarray, chunk: int = 256
 def weighted_auroc(columns: Columns, weights: np.ndarray) -> Any:
     """AUROC of column ``score`` (higher: positive) for column ``label`` (1 positive, 0
     negative), each unit counted ``weight`` times; non-finite scores are left out."""
-    return _auroc(columns["score"], columns["label"], _w(weights))
+    w = _w(weights)
+    y = np.asarray(columns["label"]).astype(bool)
+    s = np.asarray(columns["score"], dtype=np.float64)
+    return _auroc(s[~y], w[..., ~y], s[y], w[..., y])
 
 
 @register_statistic("auroc_pairs", vectorized=True, columns=("negative", "positive"))
@@ -174,6 +178,5 @@ def paired_units_auroc(columns: Columns, weights: np.ndarray) -> Any:
     """AUROC where each unit is a pair of one negative and one positive sample (e.g. the human
     and the generated continuation of one prompt): columns ``negative`` and ``positive`` hold
     their scores, and a drawn pair brings both. Non-finite scores are left out."""
-    neg, pos = np.asarray(columns["negative"], dtype=np.float64), np.asarray(columns["positive"], dtype=np.float64)
     w = _w(weights)
-    return _auroc(np.r_[neg, pos], np.r_[np.zeros(neg.size), np.ones(pos.size)], np.concatenate([w, w], axis=-1))
+    return _auroc(columns["negative"], w, columns["positive"], w)

@@ -94,7 +94,7 @@ def test_paired_bootstrap_matches_the_exact_bootstrap_distribution_at_tiny_n() -
 
 def test_paired_bootstrap_se_matches_normal_theory_at_large_n() -> None:
     rng = np.random.default_rng(7)
-    n = 5000
+    n = 2000
     base = rng.normal(10, 3, n)
     var = base + rng.normal(0.2, 0.5, n)
     ci, ci_rel, _ = paired_delta_interval(Units("mean", _ids(n), {"x": base}), Units("mean", _ids(n), {"x": var}),
