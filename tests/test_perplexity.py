@@ -527,3 +527,28 @@ def test_registered_with_summary_and_help():
         "data": "texts", "max_length": 1024, "stride": 512, "batch_size": 8, "add_bos": True,
         "slice_by": "genre", "selective_logits": True, "autocast": None, "n_resamples": 2000, "confidence": 0.95,
     }
+
+
+def test_units_reproduce_every_finding_and_pair_by_document(tmp_path):
+    from dataclasses import replace as _replace
+
+    from audit.units import attach_deltas, evaluate_units
+
+    rows = [{"id": f"doc-{i}", "text": TEXTS[i % len(TEXTS)][: 15 + 4 * i], "genre": ("a", "b")[i % 2]}
+            for i in range(8)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    # A context-free model whose log-prob depends on the character, so documents differ.
+    base = run_probe(CharSubject(logprob=lambda t: -(1.0 + (t % 5).double() / 4)), path, n_resamples=200)
+    for key, f in base.items():
+        assert f.units is not None, key
+        assert evaluate_units(f.units) == pytest.approx(f.value, rel=1e-9), key
+        want = [r["id"] for r in rows if not f.slice or r["genre"] == f.slice["genre"]]
+        assert list(f.units.ids) == want, key
+    assert base["quality.perplexity/perplexity"].units.statistic == "exp_ratio"
+    assert base["quality.perplexity/bits_per_byte"].units.statistic == "ratio"
+    # A variant that is uniformly worse by 0.1 nats per token pairs with the base on every document.
+    worse = run_probe(CharSubject(logprob=lambda t: -(1.1 + (t % 5).double() / 4)), path, n_resamples=200)
+    out = attach_deltas([*base.values(), *(_replace(f, variant="v") for f in worse.values())])
+    d = next(f.delta for f in out if f.variant == "v" and f.key == "quality.perplexity/nll_per_token")
+    assert d.paired and d.n_pairs == 8
+    assert d.value == pytest.approx(0.1) and d.ci.low == pytest.approx(0.1) and d.ci.high == pytest.approx(0.1)
