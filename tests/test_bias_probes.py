@@ -199,6 +199,13 @@ def test_stereotype_pairs_against_direct_loglikelihoods(tmp_path):
     gap = _by(f, "mean_loglik_gap")
     assert gap.value == pytest.approx(np.mean([_reference_loglik(lm, a) - _reference_loglik(lm, b)
                                                for a, b in zip(pairs.sent_more, pairs.sent_less)]), abs=1e-4)
+    # Per-pair units (ids: the row numbers, as read_pairs names pairs without an id) reproduce each finding.
+    from audit.units import evaluate_units
+
+    for finding in f:
+        assert finding.units.statistic == "mean"
+        assert evaluate_units(finding.units) == pytest.approx(finding.value, rel=1e-12), finding.key
+    assert overall.units.ids == ("0", "1", "2", "3") and gender.units.ids == ("0", "2", "3")
 
 
 def test_stereotype_pairs_bad_rows_are_named(tmp_path):
