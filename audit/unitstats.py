@@ -124,6 +124,13 @@ def weighted_ratio(columns: Columns, weights: np.ndarray) -> Any:
         return _wsum(columns["num"], w) / _wsum(columns["den"], w)
 
 
+@register_statistic("window_ratio", vectorized=True, pairable=False, columns=("num", "den"))
+def window_ratio(columns: Columns, weights: np.ndarray) -> Any:
+    """``sum w num / sum w den`` over measurement windows (e.g. joules over tokens per window):
+    like ``ratio``, but windows of two runs are not the same unit, so deltas of it are unpaired."""
+    return weighted_ratio(columns, weights)
+
+
 @register_statistic("exp_ratio", vectorized=True, columns=("num", "den"))
 def weighted_exp_ratio(columns: Columns, weights: np.ndarray) -> Any:
     """``exp(sum w num / sum w den)``: corpus perplexity from per-document NLL sums and token counts."""
