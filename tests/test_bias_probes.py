@@ -77,6 +77,24 @@ def test_classifier_probe_equals_fairlearn(table, tmp_path, fmt):
     assert any("not a verdict" in w for w in ff.warnings)
     sig = _by(f, "significant_gaps", attribute="sex")
     assert sig.n > 0 and "Holm" in sig.warnings[0]
+    if fmt == "csv":
+        _check_classifier_units(f, table)
+
+
+def _check_classifier_units(f, table):
+    """Per-row units reproduce the rates (overall, per group) and the between-groups gaps."""
+    from audit.units import evaluate_units
+
+    with_units = [x for x in f if x.units is not None]
+    for x in with_units:
+        assert evaluate_units(x.units) == pytest.approx(x.value, rel=1e-12, abs=1e-12), x.key
+    names = {x.metric for x in with_units}
+    assert {"selection_rate", "true_positive_rate", "selection_rate_difference", "accuracy_ratio",
+            "demographic_parity_difference", "demographic_parity_ratio"} <= names
+    assert "equalized_odds_difference" not in names  # a max of two gaps: no units (yet)
+    assert len(_by(f, "accuracy").units.ids) == len(table)
+    female = _by(f, "selection_rate", sex="Female").units
+    assert female.ids == tuple(str(i) for i in np.flatnonzero(table["sex"].to_numpy() == "Female"))
 
 
 def test_classifier_probe_with_stored_predictions_and_table_inputs(tmp_path, table):
