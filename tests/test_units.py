@@ -264,3 +264,26 @@ def test_parameters_are_checked() -> None:
     assert ci is None and rel is None and n == 0
     ci90, _, _ = paired_delta_interval(u, Units("mean", _ids(5), {"x": np.arange(5.0) ** 1.5}), confidence=0.9)
     assert ci90.method == "paired-bootstrap-percentile-90"
+
+
+def test_window_and_group_statistics_against_references() -> None:
+    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio
+
+    import probes.bias.row_units  # noqa: F401  (registers the group gap statistics)
+
+    rng = np.random.default_rng(9)
+    n = 60
+    num, den = rng.normal(5, 1, n), rng.integers(1, 9, n).astype(float)
+    w = rng.integers(0, 3, n).astype(float)
+    assert float(STATISTICS["window_ratio"]({"num": num, "den": den}, w)) == pytest.approx(
+        float(STATISTICS["ratio"]({"num": num, "den": den}, w)))
+    assert float(STATISTICS["window_mean"]({"x": num}, w)) == pytest.approx(np.average(num, weights=w))
+    assert not statistic_info("window_ratio").pairable and statistic_info("ratio").pairable
+    # Between-groups gaps of selection rates: Fairlearn's demographic parity, on the repeated rows.
+    y, pred, group = rng.integers(0, 2, n), rng.integers(0, 2, n), rng.integers(0, 3, n)
+    cols = {"num": pred.astype(float), "den": np.ones(n), "group": group.astype(float)}
+    rep = np.repeat(np.arange(n), w.astype(int))
+    for name, ref in (("group_rate_difference", demographic_parity_difference),
+                      ("group_rate_ratio", demographic_parity_ratio)):
+        assert float(STATISTICS[name](cols, np.ones(n))) == pytest.approx(ref(y, pred, sensitive_features=group))
+        assert float(STATISTICS[name](cols, w)) == pytest.approx(ref(y[rep], pred[rep], sensitive_features=group[rep]))
