@@ -90,6 +90,13 @@ def test_paired_bootstrap_matches_the_exact_bootstrap_distribution_at_tiny_n() -
     # P(mean <= 1/4) = 5/256 < 0.025 <= P(mean <= 1/2) = (5 + 6) / 256 (unit 1 twice, unit 0 twice).
     assert exact_quantile(0.025) == 0.5 and 5 / 256 < 0.025 <= 11 / 256
     assert ci.low == pytest.approx(0.5, abs=0.25)
+    # The whole distribution, through the bounds at other levels (same resamples: same seed).
+    for level in (0.5, 0.8, 0.9):
+        lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+        ci, _, _ = paired_delta_interval(Units("mean", _ids(n), {"x": base}), Units("mean", _ids(n), {"x": base + d}),
+                                         n_resamples=40_000, seed=0, confidence=level)
+        assert exact_quantile(lo_q - 0.01) <= ci.low <= exact_quantile(lo_q + 0.01), level
+        assert exact_quantile(hi_q - 0.01) <= ci.high <= exact_quantile(hi_q + 0.01), level
 
 
 def test_paired_bootstrap_se_matches_normal_theory_at_large_n() -> None:
@@ -287,3 +294,23 @@ def test_window_and_group_statistics_against_references() -> None:
                       ("group_rate_ratio", demographic_parity_ratio)):
         assert float(STATISTICS[name](cols, np.ones(n))) == pytest.approx(ref(y, pred, sensitive_features=group))
         assert float(STATISTICS[name](cols, w)) == pytest.approx(ref(y[rep], pred[rep], sensitive_features=group[rep]))
+
+
+def test_paired_exp_ratio_matches_its_exact_bootstrap_distribution() -> None:
+    # Perplexity-like: per-document NLL sums and token counts; the variant changes some documents.
+    num_b, den = np.array([4.0, 9.0, 2.0, 7.0]), np.array([2.0, 5.0, 1.0, 3.0])
+    num_v = num_b + np.array([0.5, 0.0, 0.3, 2.0])
+    n = 4
+    draws = [list(t) for t in itertools.product(range(n), repeat=n)]
+    diffs = np.array([math.exp(num_v[i].sum() / den[i].sum()) - math.exp(num_b[i].sum() / den[i].sum())
+                      for i in draws])
+    rels = np.array([x / math.exp(num_b[i].sum() / den[i].sum()) for x, i in zip(diffs, draws)])
+    bu = Units("exp_ratio", _ids(n), {"num": num_b, "den": den})
+    vu = Units("exp_ratio", _ids(n), {"num": num_v, "den": den})
+    ci, ci_rel, _ = paired_delta_interval(bu, vu, n_resamples=40_000, seed=2)
+    for got, exact in ((ci, diffs), (ci_rel, rels)):
+        values = np.sort(exact)  # each of the 256 draws has probability 1/256
+        lo_range = values[[int(0.015 * 256), int(0.035 * 256)]]
+        hi_range = values[[int(0.965 * 256), int(0.985 * 256)]]
+        assert lo_range[0] <= got.low <= lo_range[1]
+        assert hi_range[0] <= got.high <= hi_range[1]
