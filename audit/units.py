@@ -22,6 +22,9 @@ metric and slice. :func:`attach_deltas` gives each matched variant finding a
 4. Otherwise no interval.
 
 The resampling is seeded from ``seed`` and the finding's key, so a report is reproducible.
+Units that do not reproduce their finding's value, name an unknown statistic or make it fail
+are not used (the variant finding says so); the runner calls this after every variant ran,
+so nothing here may lose the audit.
 The cost is a few matrix products per finding: see :func:`paired_delta_interval`.
 
 Example:
@@ -253,9 +256,16 @@ def _level_of(method: str) -> float | None:
 
 
 def delta_of(base: Finding, variant: Finding, *, n_resamples: int = DEFAULT_N_RESAMPLES,
-             confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> tuple[Delta, list[str]]:
-    """``variant`` against ``base`` (the same finding measured on the subject), and the
-    warnings for the variant finding (ids that differ, units that do not reproduce a value)."""
+             confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Delta:
+    """``variant`` against ``base`` (the same finding measured on the subject), with the
+    interval chosen as the module docstring says (the warnings :func:`attach_deltas` adds to
+    the variant finding are dropped here)."""
+    return _delta_and_warnings(base, variant, n_resamples=n_resamples, confidence=confidence, seed=seed)[0]
+
+
+def _delta_and_warnings(base: Finding, variant: Finding, *, n_resamples: int, confidence: float,
+                        seed: int) -> tuple[Delta, list[str]]:
+    """The delta, and the warnings for the variant finding (ids that differ, units not used)."""
     diff = variant.value - base.value
     rel = diff / abs(base.value) if math.isfinite(base.value) and base.value != 0 else None
     point = Delta(base_value=base.value, value=diff, relative=rel)
@@ -265,6 +275,21 @@ def delta_of(base: Finding, variant: Finding, *, n_resamples: int = DEFAULT_N_RE
     bu, vu = (_checked_units(f, who, warnings) for f, who in ((base, "base"), (variant, "variant")))
     kw = {"n_resamples": n_resamples, "confidence": confidence,
           "seed": (seed * 1_000_003 + zlib.crc32(variant.key.encode())) % 2**63}
+    try:
+        got = _resampled(bu, vu, point, warnings, kw)
+    except Exception as exc:  # noqa: BLE001  a probe's own statistic failing must not lose the audit
+        warnings.append(f"delta: the resampled interval failed ({type(exc).__name__}: {exc}); "
+                        f"from the findings' intervals instead")
+        got = None
+    if got is not None:
+        return got, warnings
+    ci, ci_rel = normal_delta_interval(base, variant, confidence=confidence)
+    return replace(point, ci=ci, ci_relative=ci_rel), warnings
+
+
+def _resampled(bu: Units | None, vu: Units | None, point: Delta, warnings: list[str],
+               kw: dict[str, Any]) -> Delta | None:
+    """The paired (else unpaired) bootstrap delta when both sides have usable units, else None."""
     if bu is not None and vu is not None:
         unique = len(set(bu.ids)) == len(bu.ids) and len(set(vu.ids)) == len(vu.ids)
         if not unique:
@@ -273,12 +298,11 @@ def delta_of(base: Finding, variant: Finding, *, n_resamples: int = DEFAULT_N_RE
             ci, ci_rel, n_pairs = paired_delta_interval(bu, vu, **kw)
             warnings += _id_warnings(bu, vu, n_pairs)
             if ci is not None:
-                return replace(point, ci=ci, ci_relative=ci_rel, paired=True, n_pairs=n_pairs), warnings
+                return replace(point, ci=ci, ci_relative=ci_rel, paired=True, n_pairs=n_pairs)
         ci, ci_rel = unpaired_delta_interval(bu, vu, **kw)
         if ci is not None:
-            return replace(point, ci=ci, ci_relative=ci_rel), warnings
-    ci, ci_rel = normal_delta_interval(base, variant, confidence=confidence)
-    return replace(point, ci=ci, ci_relative=ci_rel), warnings
+            return replace(point, ci=ci, ci_relative=ci_rel)
+    return None
 
 
 def _checked_units(f: Finding, who: str, warnings: list[str]) -> Units | None:
@@ -287,7 +311,7 @@ def _checked_units(f: Finding, who: str, warnings: list[str]) -> Units | None:
         return None
     try:
         again = evaluate_units(f.units)
-    except (KeyError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  unknown statistic, missing column, or a failing statistic
         warnings.append(f"delta: the {who}'s units were not used: {str(exc).strip(chr(39))}")
         return None
     if not math.isclose(again, f.value, rel_tol=_RTOL, abs_tol=1e-12):
@@ -316,6 +340,6 @@ def attach_deltas(findings: Sequence[Finding], *, n_resamples: int = DEFAULT_N_R
         if ref is None:
             out.append(f)
             continue
-        delta, warnings = delta_of(ref, f, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        delta, warnings = _delta_and_warnings(ref, f, n_resamples=n_resamples, confidence=confidence, seed=seed)
         out.append(replace(f, delta=delta, warnings=(*f.warnings, *warnings)))
     return out

@@ -314,3 +314,23 @@ def test_paired_exp_ratio_matches_its_exact_bootstrap_distribution() -> None:
         hi_range = values[[int(0.965 * 256), int(0.985 * 256)]]
         assert lo_range[0] <= got.low <= lo_range[1]
         assert hi_range[0] <= got.high <= hi_range[1]
+
+
+def test_a_failing_statistic_degrades_to_the_intervals_not_the_audit() -> None:
+    calls = {"n": 0}
+
+    @register_statistic("test.fails_when_resampled", replace=True)
+    def _fragile(cols, w):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the two reproduction checks pass, the resamples fail
+            raise RuntimeError("boom")
+        return float(np.mean(cols["x"]))
+
+    u = Units("test.fails_when_resampled", _ids(4), {"x": [1.0, 2.0, 3.0, 4.0]})
+    iv = Interval(2.0, 3.0, "bootstrap-percentile-95")
+    out = attach_deltas([_finding(u, 2.5, ci=iv), _finding(u, 2.5, variant="v", ci=iv)])
+    assert out[1].delta.ci.method == "unpaired-normal-from-intervals-95"
+    assert any("RuntimeError: boom" in w for w in out[1].warnings)
+    from audit.units import delta_of
+
+    assert delta_of(_finding(u, 2.5), _finding(u, 2.5, variant="v")).value == 0.0
