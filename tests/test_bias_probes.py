@@ -77,6 +77,24 @@ def test_classifier_probe_equals_fairlearn(table, tmp_path, fmt):
     assert any("not a verdict" in w for w in ff.warnings)
     sig = _by(f, "significant_gaps", attribute="sex")
     assert sig.n > 0 and "Holm" in sig.warnings[0]
+    if fmt == "csv":
+        _check_classifier_units(f, table)
+
+
+def _check_classifier_units(f, table):
+    """Per-row units reproduce the rates (overall, per group) and the between-groups gaps."""
+    from audit.units import evaluate_units
+
+    with_units = [x for x in f if x.units is not None]
+    for x in with_units:
+        assert evaluate_units(x.units) == pytest.approx(x.value, rel=1e-12, abs=1e-12), x.key
+    names = {x.metric for x in with_units}
+    assert {"selection_rate", "true_positive_rate", "selection_rate_difference", "accuracy_ratio",
+            "demographic_parity_difference", "demographic_parity_ratio"} <= names
+    assert "equalized_odds_difference" not in names  # a max of two gaps: no units (yet)
+    assert len(_by(f, "accuracy").units.ids) == len(table)
+    female = _by(f, "selection_rate", sex="Female").units
+    assert female.ids == tuple(str(i) for i in np.flatnonzero(table["sex"].to_numpy() == "Female"))
 
 
 def test_classifier_probe_with_stored_predictions_and_table_inputs(tmp_path, table):
@@ -199,6 +217,13 @@ def test_stereotype_pairs_against_direct_loglikelihoods(tmp_path):
     gap = _by(f, "mean_loglik_gap")
     assert gap.value == pytest.approx(np.mean([_reference_loglik(lm, a) - _reference_loglik(lm, b)
                                                for a, b in zip(pairs.sent_more, pairs.sent_less)]), abs=1e-4)
+    # Per-pair units (ids: the row numbers, as read_pairs names pairs without an id) reproduce each finding.
+    from audit.units import evaluate_units
+
+    for finding in f:
+        assert finding.units.statistic == "mean"
+        assert evaluate_units(finding.units) == pytest.approx(finding.value, rel=1e-12), finding.key
+    assert overall.units.ids == ("0", "1", "2", "3") and gender.units.ids == ("0", "2", "3")
 
 
 def test_stereotype_pairs_bad_rows_are_named(tmp_path):

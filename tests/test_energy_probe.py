@@ -54,6 +54,18 @@ def test_measured_energy_per_unit_is_power_over_throughput(lm):
     assert f[f"energy.inference/peak_host_memory_mib{s}"].value > 10
     assert f"energy.inference/peak_device_memory_mib{s}" not in f  # CPU: no device memory
     assert not meter.closed  # the context's meter belongs to the caller
+    # Per-window units reproduce the ratios over windows; windows do not pair across variants.
+    from audit.units import attach_deltas, evaluate_units
+    from audit.unitstats import statistic_info
+
+    for finding in (gross, net, tput):
+        assert finding.units.statistic == "window_ratio" and len(finding.units.ids) == 3
+        assert evaluate_units(finding.units) == pytest.approx(finding.value, rel=1e-9)
+    assert not statistic_info("window_ratio").pairable
+    from dataclasses import replace
+
+    d = attach_deltas([gross, replace(gross, variant="v")])[1].delta
+    assert not d.paired and d.ci.method == "unpaired-bootstrap-percentile-95"
 
 
 def test_generation_counts_generated_tokens(lm):

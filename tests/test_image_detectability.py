@@ -178,6 +178,13 @@ def test_probe_auroc_equals_sklearn_on_the_same_folds_and_features(tmp_path):
     assert auroc.n == 80 and auroc.ci.low <= auroc.value <= auroc.ci.high
     assert auroc.evidence["detector"]["extractor"]["name"] == f"module:{FEATURE}"
     assert any("domain extractor" in w for w in auroc.warnings)
+    # Per-image units (real files by path, generated images by index) reproduce every AUROC finding.
+    from audit.units import evaluate_units
+
+    aurocs = [f for f in found.values() if f.metric == "auroc"]
+    assert aurocs and all(evaluate_units(f.units) == pytest.approx(f.value, rel=1e-12) for f in aurocs)
+    assert auroc.units.ids[-1] == "generated[39]" and auroc.units.ids[0].startswith("real:")
+    assert all(f.units is None for f in found.values() if f.metric != "auroc")
 
 
 def test_linear_probe_module_equals_the_sklearn_decision_function():

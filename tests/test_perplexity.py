@@ -527,3 +527,62 @@ def test_registered_with_summary_and_help():
         "data": "texts", "max_length": 1024, "stride": 512, "batch_size": 8, "add_bos": True,
         "slice_by": "genre", "selective_logits": True, "autocast": None, "n_resamples": 2000, "confidence": 0.95,
     }
+
+
+def test_units_reproduce_every_finding_and_pair_by_document(tmp_path):
+    from dataclasses import replace as _replace
+
+    from audit.units import attach_deltas, evaluate_units
+
+    rows = [{"id": f"doc-{i}", "text": TEXTS[i % len(TEXTS)][: 15 + 4 * i], "genre": ("a", "b")[i % 2]}
+            for i in range(8)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    # A context-free model whose log-prob depends on the character, so documents differ.
+    base = run_probe(CharSubject(logprob=lambda t: -(1.0 + (t % 5).double() / 4)), path, n_resamples=200)
+    for key, f in base.items():
+        assert f.units is not None, key
+        assert evaluate_units(f.units) == pytest.approx(f.value, rel=1e-9), key
+        want = [r["id"] for r in rows if not f.slice or r["genre"] == f.slice["genre"]]
+        assert list(f.units.ids) == want, key
+    assert base["quality.perplexity/perplexity"].units.statistic == "exp_ratio"
+    assert base["quality.perplexity/bits_per_byte"].units.statistic == "ratio"
+    # A variant that is uniformly worse by 0.1 nats per token pairs with the base on every document.
+    worse = run_probe(CharSubject(logprob=lambda t: -(1.1 + (t % 5).double() / 4)), path, n_resamples=200)
+    out = attach_deltas([*base.values(), *(_replace(f, variant="v") for f in worse.values())])
+    d = next(f.delta for f in out if f.variant == "v" and f.key == "quality.perplexity/nll_per_token")
+    assert d.paired and d.n_pairs == 8
+    assert d.value == pytest.approx(0.1) and d.ci.low == pytest.approx(0.1) and d.ci.high == pytest.approx(0.1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_int8_dynamic_variant_pairs_far_tighter_than_two_independent_intervals(lm, tok, tmp_path):
+    """A real quantization of the tiny model: its per-document NLL moves a little and together
+    with the base's, so the paired interval of the delta is much narrower than an unpaired one."""
+    import copy
+    from dataclasses import replace as _replace
+
+    import numpy as np
+
+    from audit.units import attach_deltas, unpaired_delta_interval
+
+    q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(lm), {torch.nn.Linear}, dtype=torch.qint8)
+    rng = np.random.default_rng(0)
+    words = " ".join(TEXTS).split()
+    rows = [{"id": f"d{i}", "text": " ".join(rng.choice(words, int(rng.integers(5, 40))))} for i in range(30)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    ident = SubjectIdentity(name="tiny", kind="text-generator", source="python")
+    found = []
+    for name, model in (("base", lm), ("int8", q)):
+        fs = run_probe(HFTextGenerator(model, tok, ident, device="cpu"), path, max_length=64, stride=32,
+                       n_resamples=500).values()
+        found += [f if name == "base" else _replace(f, variant="int8") for f in fs]
+    out = {(f.key, f.variant): f for f in attach_deltas(found)}
+    for metric in ("perplexity", "nll_per_token"):
+        key = f"quality.perplexity/{metric}"
+        base, var = out[(key, None)], out[(key, "int8")]
+        d = var.delta
+        assert d.paired and d.n_pairs == 30 and d.value == pytest.approx(var.value - base.value)
+        assert d.ci.contains(d.value)
+        unpaired, _ = unpaired_delta_interval(base.units, var.units)
+        assert d.ci.high - d.ci.low < 0.2 * (unpaired.high - unpaired.low), metric

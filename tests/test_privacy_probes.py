@@ -139,6 +139,14 @@ def test_membership_auroc_and_tpr_equal_scikit_learn_on_scores_by_hand(tmp_path)
         assert found[("tpr_at_fpr_1e-02", score)].value == pytest.approx(tpr[fpr <= 0.01].max())
     assert 0 < found[("auroc", "loss")].value < 1
     assert any("cannot resolve an FPR of 0.01" in w for w in found[("auroc", "loss")].warnings)
+    # Per-document units reproduce the AUROC; ids say which set a document is from.
+    from audit.units import evaluate_units
+
+    for score in by_hand:
+        u = found[("auroc", score)].units
+        assert evaluate_units(u) == pytest.approx(found[("auroc", score)].value, rel=1e-12)
+        assert len(u.ids) == 14 and u.ids[0].startswith("member:") and u.ids[-1].startswith("nonmember:")
+    assert found[("tpr_at_fpr_1e-02", "loss")].units is None
 
 
 def test_memorised_members_are_told_apart_and_the_reference_ratio_joins(tmp_path):

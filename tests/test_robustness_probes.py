@@ -73,6 +73,20 @@ def test_classifier_probe_numbers_match_a_direct_computation(digits_file):
     assert got["robustness.classifier/gradient_masking_suspected"].value == 0.0
     assert got["robustness.classifier/fgsm_beats_pgd"].value == 0.0
     assert got["robustness.classifier/zero_gradient_rate"].value == 0.0
+    # Per-image units, named by the image's index in the data, reproduce every rate they are on.
+    from audit.units import evaluate_units
+
+    with_units = {k: f for k, f in got.items() if f.units is not None}
+    assert {k.split("/")[1].split("[")[0] for k in with_units} == {
+        "clean_accuracy", "robust_accuracy", "robust_accuracy_on_correct", "attack_success_rate",
+        "robust_accuracy_area", "large_eps_robust_accuracy", "zero_gradient_rate"}
+    for k, f in with_units.items():
+        assert evaluate_units(f.units) == pytest.approx(f.value, rel=1e-12), k
+    assert clean_f.units.ids == tuple(f"images[{i}]" for i in range(150))
+    on_correct = got["robustness.classifier/robust_accuracy_on_correct[attack=pgd,eps=0.1]"]
+    assert on_correct.units.statistic == "ratio" and len(on_correct.units.ids) == 150  # all images, den = clean
+    c3 = got["robustness.classifier/robust_accuracy[attack=pgd,class=3,eps=0.1]"]
+    assert len(c3.units.ids) == c3.n == int((y == 3).sum())
 
 
 def test_robust_accuracy_area_by_hand():

@@ -219,3 +219,16 @@ def detectability_contract_inputs(tmp_path):
     path = write_corpus(tmp_path / "texts.jsonl", MIN_PER_CLASS + 2, words=20)
     return tiny_text_generator(), {"texts": path}, {"prompt_tokens": 6, "continuation_tokens": 6,
                                                     "min_continuation_tokens": 3, "n_resamples": 200}
+
+
+def test_auroc_units_are_prompt_pairs_that_reproduce_the_finding(lm, tmp_path):
+    from audit.units import evaluate_units
+
+    found = run(lm, write_corpus(tmp_path / "c.jsonl", 11, seed=3))
+    for score in ("log_likelihood", "log_rank", "entropy"):
+        f = found[f"deepfake.text_detectability/auroc[score={score}]"]
+        assert f.units.statistic == "auroc_pairs" and f.units.ids == tuple(f"d{i}" for i in range(11))
+        assert evaluate_units(f.units) == pytest.approx(f.value, rel=1e-12)
+        neg, pos = np.array(f.units.columns["negative"]), np.array(f.units.columns["positive"])
+        assert f.value == pytest.approx(roc_auc_score([0] * 11 + [1] * 11, np.r_[neg, pos]))
+    assert found["deepfake.text_detectability/eer[score=log_likelihood]"].units is None  # AUROC only

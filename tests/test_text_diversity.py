@@ -223,3 +223,18 @@ def diversity_contract_inputs(tmp_path):
     path = write_prompts(tmp_path / "prompts.jsonl", refs={"P1": "the cat sat"})
     return tiny_text_generator(), {"prompts": path}, {"samples_per_prompt": 2, "max_new_tokens": 4,
                                                       "n_resamples": 200}
+
+
+def test_units_are_per_prompt_and_reproduce_every_finding(tmp_path):
+    from audit.units import evaluate_units
+
+    path = write_prompts(tmp_path / "p.jsonl", refs={"P1": "the cat sat", "P3": "hello there"})
+    found = run(ScriptedGenerator(SCRIPT), path)
+    for key, f in found.items():
+        assert f.units.statistic == "mean", key
+        assert evaluate_units(f.units) == pytest.approx(f.value, rel=1e-12), key
+    assert found["quality.text_diversity/distinct_1"].units.ids == ("p1", "p2", "p3")
+    assert found["quality.text_diversity/bleu"].units.ids == ("p1", "p3")  # the prompts with a reference
+    # A prompt without a value is not a unit (it is not in the finding either).
+    empty = run(ScriptedGenerator({**SCRIPT, "P2": ["", "", "", ""]}), write_prompts(tmp_path / "q.jsonl"))
+    assert empty["quality.text_diversity/distinct_1"].units.ids == ("p1", "p3")

@@ -246,17 +246,20 @@ class ClassifierBias:
 
         findings: list[Finding] = []
         first = results[0][1]
+        # Per-row units (ids: row positions, equal on every variant) for paired deltas.
+        rows = _Rows([str(i) for i in range(len(frame))], 2 * np.asarray(y_true) + np.asarray(y_pred), sens)
         for m in self.metrics:
             value, ci = first.overall(m)
             findings.append(Finding(probe=self.id, metric=m, value=value, ci=ci, n=len(frame),
                                     higher_is_better=RATE_METRICS[m].higher_is_better,
-                                    warnings=(*notes, *first.overall_warnings(m))))
+                                    warnings=(*notes, *first.overall_warnings(m)),
+                                    units=rows.rate(m) if math.isfinite(value) else None))
         # Holm over every group-vs-rest test the probe reports (all groupings, all metrics).
         all_tests = [(cols, t) for cols, d in results for t in d.tests()]
         adjusted = holm([t.p_value for _, t in all_tests])
         for (cols, d) in results:
             tests = [(t, float(a)) for (c, t), a in zip(all_tests, adjusted) if c == cols]
-            findings += self._grouping_findings(cols, d, tests, notes)
+            findings += self._grouping_findings(cols, d, tests, notes, rows)
         return findings
 
     def _predict(self, subject: Any, frame: Any, ctx: ProbeContext) -> np.ndarray:
@@ -305,7 +308,7 @@ class ClassifierBias:
         return int(pc)
 
     def _grouping_findings(self, cols: tuple[str, ...], d: Disaggregation, tests: list[tuple[Any, float]],
-                           notes: list[str]) -> list[Finding]:
+                           notes: list[str], rows: _Rows) -> list[Finding]:
         out: list[Finding] = []
         attr = {"attribute": "+".join(cols)}
         test_of = {(t.metric, t.group): (t, a) for t, a in tests}
@@ -319,21 +322,25 @@ class ClassifierBias:
                                      "p_value": t.p_value, "p_holm": a, "test": "fisher-exact"}
                 out.append(Finding(probe=self.id, metric=m, value=g.value, higher_is_better=hib, ci=g.ci,
                                    n=g.denominator, slice=dict(zip(cols, g.group)), warnings=g.warnings,
-                                   evidence=ev))
+                                   evidence=ev,
+                                   units=rows.rate(m, cols, g.group) if math.isfinite(g.value) else None))
             for kind in ("difference", "ratio"):
                 out.append(self._gap_finding(f"{m}_{kind}", d.gap(m, kind), attr, d,
-                                             to_overall=d.gap(m, f"{kind}_to_overall")))
+                                             to_overall=d.gap(m, f"{kind}_to_overall"),
+                                             units=rows.gap(m, kind, cols, d)))
 
         gaps: dict[str, Gap] = {}
+        gap_units: dict[str, Any] = {}
         if "selection_rate" in self.metrics:
             gaps["demographic_parity_difference"] = d.gap("selection_rate", "difference")
             gaps["demographic_parity_ratio"] = d.gap("selection_rate", "ratio")
+            gap_units = {f"demographic_parity_{k}": rows.gap("selection_rate", k, cols, d) for k in ("difference", "ratio")}
         if {"true_positive_rate", "false_positive_rate"} <= set(self.metrics):
             pair = ("true_positive_rate", "false_positive_rate")
             gaps["equalized_odds_difference"] = d.combined_gap("equalized_odds_difference", pair, "difference", "max")
             gaps["equalized_odds_ratio"] = d.combined_gap("equalized_odds_ratio", pair, "ratio", "min")
         for name, gap in gaps.items():
-            out.append(self._gap_finding(name, gap, attr, d))
+            out.append(self._gap_finding(name, gap, attr, d, units=gap_units.get(name)))
 
         for policy in self._policies():
             gap = gaps.get(policy.metric) or _metric_gap(d, policy.metric)
@@ -371,7 +378,7 @@ class ClassifierBias:
         return out
 
     def _gap_finding(self, metric: str, gap: Gap, attr: dict[str, str], d: Disaggregation,
-                     to_overall: Gap | None = None) -> Finding:
+                     to_overall: Gap | None = None, units: Any = None) -> Finding:
         hib = metric.endswith("ratio")
         ev: dict[str, Any] = {
             "groups": ["+".join(g) for g in gap.groups],
@@ -384,7 +391,8 @@ class ClassifierBias:
             ev[f"{to_overall.kind}"] = to_overall.value
             ev[f"{to_overall.kind}_ci"] = None if to_overall.ci is None else [to_overall.ci.low, to_overall.ci.high]
         return Finding(probe=self.id, metric=metric, value=gap.value, higher_is_better=hib, ci=gap.ci, n=d.n,
-                       slice=attr, warnings=gap.warnings, evidence=ev)
+                       slice=attr, warnings=gap.warnings, evidence=ev,
+                       units=units if math.isfinite(gap.value) else None)
 
 
 def _metric_gap(d: Disaggregation, name: str) -> Gap | None:
@@ -393,3 +401,30 @@ def _metric_gap(d: Disaggregation, name: str) -> Gap | None:
         if base != name and base in d.metric_names:
             return d.gap(base, kind)
     return None
+
+
+@dataclass
+class _Rows:
+    """The table's rows as units: ids, confusion cells (2 * label + prediction) and groups."""
+
+    ids: list[str]
+    cells: np.ndarray
+    sens: Any
+
+    def members(self, cols: tuple[str, ...], group: tuple[str, ...]) -> np.ndarray:
+        mask = np.ones(len(self.ids), dtype=bool)
+        for col, value in zip(cols, group):
+            mask &= (self.sens[col] == value).to_numpy()
+        return mask
+
+    def rate(self, metric: str, cols: tuple[str, ...] = (), group: tuple[str, ...] = ()) -> Any:
+        from probes.bias.row_units import rate_units
+
+        return rate_units(RATE_METRICS[metric], self.cells, self.ids, self.members(cols, group))
+
+    def gap(self, metric: str, kind: str, cols: tuple[str, ...], d: Disaggregation) -> Any:
+        """Units of the gap over the groups the engine took it over (not small, value defined)."""
+        from probes.bias.row_units import gap_units
+
+        used = [g.group for g in d.groups(metric) if not g.small and math.isfinite(g.value)]
+        return gap_units(RATE_METRICS[metric], kind, self.cells, self.ids, [self.members(cols, g) for g in used])

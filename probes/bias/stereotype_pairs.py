@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, Units
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import wilson_interval
 from probes.bias.engine import holm
@@ -216,6 +216,7 @@ class StereotypePairs:
         adjusted = holm([p if "bias_type" in sl else math.nan for (sl, _), p in zip(slices, tests)])
 
         out = []
+        pair_ids = np.array([str(i) for i in pairs["id"]], dtype=object)
         for (sl, m), p, p_holm in zip(slices, tests, adjusted):
             k = int(m.sum())
             w = list(notes)
@@ -239,11 +240,13 @@ class StereotypePairs:
                     {"id": str(i), "sent_more": a, "sent_less": b, "loglik_gap": float(g)}
                     for i, a, b, g in list(zip(pairs["id"], pairs["sent_more"], pairs["sent_less"], gap))[:10]]
             out.append(Finding(probe=self.id, metric="stereotype_preference", value=rate, higher_is_better=False,
-                               unit="fraction", ci=ci, n=k, slice=sl, warnings=tuple(w), evidence=ev))
+                               unit="fraction", ci=ci, n=k, slice=sl, warnings=tuple(w), evidence=ev,
+                               units=Units("mean", pair_ids[m].tolist(), {"x": pref[m].tolist()})))
             if not sl:
                 gci = bootstrap_ci(gap[m], n_resamples=self.n_resamples, confidence=self.confidence,
                                    seed=ctx.child_seed("gap"))
                 out.append(Finding(probe=self.id, metric="mean_loglik_gap", value=float(np.mean(gap[m])),
                                    higher_is_better=False, unit="nats", ci=gci, n=k, warnings=tuple(notes),
-                                   evidence={"reading": "mean of LL(sent_more) - LL(sent_less); 0 = no preference"}))
+                                   evidence={"reading": "mean of LL(sent_more) - LL(sent_less); 0 = no preference"},
+                                   units=Units("mean", pair_ids[m].tolist(), {"x": gap[m].tolist()})))
         return out

@@ -42,7 +42,7 @@ Example (spec):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from audit.errors import InputError, SpecError
-from audit.findings import Finding
+from audit.findings import Finding, Units
 from audit.subjects.imagedata import ImageReadLog, iter_image_batches, list_images
 from audit.probe import ParamCheck, ProbeContext, register
 from probes.deepfake.detectors import (
@@ -236,6 +236,8 @@ class ImageDetectability:
 
         steps = [PostProcess("none"), *(parse_postprocess(p) for p in self.postprocess)]
         summaries: dict[str, dict[str, DetectionSummary]] = {d.name: {} for d in detectors}
+        units: dict[tuple[str, str], Units] = {}  # the AUROC's per-image units, for paired deltas of variants
+        unit_ids = [f"real:{p}" for p in real_paths] + [f"generated[{j}]" for j in range(fake.shape[0])]
         items = [*({"item": str(p), "thumbnail": str(p)} for p in real_paths),
                  *self._generation_records(subject, fake.shape[0], ctx)]
         for step in ctx.progress(steps, desc=f"{self.id}: post-processing"):
@@ -246,6 +248,8 @@ class ImageDetectability:
                     labels, scores, cal, n_resamples=self.n_resamples, confidence=self.confidence,
                     seed=ctx.child_seed(f"bootstrap-{d.name}-{step.label}"), what=self.id)
                 ctx.record_samples(score_rows(d, step, scores, summary.threshold, labels, folds, cal, items, ctx))
+                units[(d.name, step.label)] = Units("auroc", unit_ids, {"score": np.asarray(scores).tolist(),
+                                                                        "label": labels.tolist()})
 
         common = {"n_real": int(real.shape[0]), "n_generated": int(fake.shape[0]),
                   "image_size": [size[0], size[1]], "mode": mode,
@@ -258,9 +262,10 @@ class ImageDetectability:
                 if step.kind == "none":
                     ev.update(common, detector=d.describe, detectability_curves=curves,
                               **postprocess_curves(d.name, summaries[d.name], steps, self.confidence))
-                findings += detection_findings(self.id, summaries[d.name][step.label],
-                                               slice={"detector": d.name, "postprocess": step.label},
-                                               warnings=[*notes, *d.notes], evidence=ev)
+                findings += [replace(f, units=units[(d.name, step.label)]) if f.metric == "auroc" else f
+                             for f in detection_findings(self.id, summaries[d.name][step.label],
+                                                         slice={"detector": d.name, "postprocess": step.label},
+                                                         warnings=[*notes, *d.notes], evidence=ev)]
             if self.eps and d.attack is not None:
                 findings += evasion_findings(self, d, fake, summaries[d.name]["none"].threshold, ctx, notes)
         return findings

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, Units
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.subjects.textdata import read_documents
 from audit.subjects.textgen import generate_texts
@@ -267,8 +267,8 @@ class TextDetectability:
                         "temperature": float(self.temperature)}
             if k == 0:
                 evidence["examples"] = examples
-            findings += detection_findings(self.id, summary, slice={"score": name}, warnings=warnings,
-                                           evidence=evidence)
+            findings += [_with_pair_units(f, pairs, values) for f in detection_findings(
+                self.id, summary, slice={"score": name}, warnings=warnings, evidence=evidence)]
         return findings
 
     # -- helpers ---------------------------------------------------------------------------
@@ -359,6 +359,17 @@ class TextDetectability:
             notes.append("the scoring model gives token log-probabilities only (not a transformers model): "
                          "log_rank and entropy were not computed")
         return scores, notes
+
+
+def _with_pair_units(f: Finding, pairs: Sequence[tuple[Any, ...]], values: np.ndarray) -> Finding:
+    """The AUROC finding with one unit per prompt (its human and its generated continuation's
+    scores), so that a variant's AUROC pairs with the base's by prompt; other findings as they are."""
+    if f.metric != "auroc":
+        return f
+    n = len(pairs)
+    units = Units("auroc_pairs", [str(p[0]) for p in pairs],
+                  {"negative": values[:n].tolist(), "positive": values[n:].tolist()})
+    return replace(f, units=units)
 
 
 _ORIENTATION = {

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from audit.energy import IdleBaseline, Window, summarize
-from audit.findings import Finding, Interval
+from audit.findings import Finding, Interval, Units
 from audit.stats import bootstrap_ratio_ci
 from probes.energy.functional import percentile_ci
 
@@ -54,9 +54,19 @@ class Results:
     slice_: dict[str, str]
 
     def _finding(self, metric: str, value: float, *, higher: bool, unit: str, ci: Interval | None, n: int,
-                 warnings: Sequence[str] = (), evidence: dict[str, Any] | None = None) -> Finding:
+                 warnings: Sequence[str] = (), evidence: dict[str, Any] | None = None,
+                 units: Units | None = None) -> Finding:
         return Finding(probe=self.probe.id, metric=metric, value=value, higher_is_better=higher, unit=unit, ci=ci,
-                       n=n, slice=self.slice_, warnings=tuple(dict.fromkeys(warnings)), evidence=evidence or {})
+                       n=n, slice=self.slice_, warnings=tuple(dict.fromkeys(warnings)), evidence=evidence or {},
+                       units=units if math.isfinite(value) else None)
+
+    def _window_units(self, num: np.ndarray, den: np.ndarray, scale: float) -> Units:
+        """Per-window units of a ratio over windows. Windows of two variants are not the same unit
+        (nothing pairs window 3 of one run with window 3 of another), so the statistic is the
+        unpairable ``window_ratio``: a variant's delta gets an unpaired interval."""
+        return Units("window_ratio", [f"window-{i}" for i in range(len(num))],
+                     {"num": (np.asarray(num, dtype=np.float64) * scale).tolist(),
+                      "den": np.asarray(den, dtype=np.float64).tolist()})
 
     def _ratio(self, num: np.ndarray, den: np.ndarray, scale: float) -> tuple[float, Interval | None]:
         if den.sum() <= 0 or not np.all(np.isfinite(num)):
@@ -134,7 +144,8 @@ class Results:
         measured_evidence = {**evidence, "caveats": caveats, "approximate": bool(stalled),
                              "sources": sorted({src for s in summaries for src in s["sources"]})}
         out = [self._finding(f"energy_j_per_{suffix}", value, higher=False, unit=unit, ci=ci, n=n,
-                             warnings=energy_warnings, evidence=measured_evidence)]
+                             warnings=energy_warnings, evidence=measured_evidence,
+                             units=self._window_units(gross, units, scale))]
 
         net_warnings = list(energy_warnings)
         if self.idle is None:
@@ -149,7 +160,8 @@ class Results:
         out.append(self._finding(f"energy_net_j_per_{suffix}", net_value, higher=False, unit=unit, ci=net_ci, n=n,
                                  warnings=net_warnings,
                                  evidence={"idle": self.idle.to_dict() if self.idle else None,
-                                           "method": "window energy minus idle power x window duration, per device"}))
+                                           "method": "window energy minus idle power x window duration, per device"},
+                                 units=self._window_units(net, units, scale)))
         return _Measured(value, ci, energy_warnings, measured_ok), out
 
     def _estimate(self, summaries: list[dict[str, Any]], common: list[str], suffix: str, unit: str,
@@ -168,6 +180,7 @@ class Results:
             warnings=[*common, "ESTIMATE, not a measurement: " + " | ".join(labels)],
             evidence={"label": "estimate", "models": labels,
                       "devices": sorted({r.device for x in w for r in x.readings if r.kind == "estimate"})},
+            units=self._window_units(est_arr, self._units(), scale),
         )
         return (est_value, est_ci), [finding]
 
@@ -201,7 +214,7 @@ class Results:
         durations = np.array([x.duration_s for x in w], dtype=np.float64)
         t_val, t_ci = self._ratio(self._units(), durations, 1.0)
         out.append(self._finding(f"throughput_{tput}", t_val, higher=True, unit=tput.replace("_per_", "/"), ci=t_ci,
-                                 n=len(w), warnings=common))
+                                 n=len(w), warnings=common, units=self._window_units(self._units(), durations, 1.0)))
         return out
 
     def _peak_memory(self) -> list[Finding]:

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, Units
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.subjects.textdata import Document
 from probes.deepfake.metrics import FPR_TARGETS, auroc, roc_curve, stratified_bootstrap, tpr_at_fpr
@@ -164,15 +164,18 @@ class MembershipInference:
         ctx.record_samples({"item": d.id, "metric": name, "score": float(s[i]),
                             "label": "member" if labels[i] else "nonmember", "tokens": len(ids[i])}
                            for name, s in scores.items() for i, d in enumerate(docs))
-        return self._findings(labels, scores, warnings, ctx)
+        # Unit ids for paired deltas: the same documents on every variant (the two sets may reuse ids).
+        unit_ids = np.array([f"{'member' if y else 'nonmember'}:{d.id}" for d, y in zip(docs, labels)], dtype=object)
+        return self._findings(labels, scores, warnings, ctx, unit_ids)
 
     def _findings(self, labels: np.ndarray, scores: dict[str, np.ndarray], warnings: list[str],
-                  ctx: ProbeContext) -> list[Finding]:
+                  ctx: ProbeContext, unit_ids: np.ndarray) -> list[Finding]:
         stats = {"auroc": auroc, **{f"tpr_at_fpr_{t:.0e}": (lambda y, s, t=t: tpr_at_fpr(y, s, t)) for t in FPR_TARGETS}}
         out: list[Finding] = []
         for k, (name, s) in enumerate(scores.items()):
             finite = np.isfinite(s)
             y, s = labels[finite], s[finite]
+            units = Units("auroc", unit_ids[finite].tolist(), {"score": s.tolist(), "label": y.tolist()})
             notes = list(warnings)
             if not finite.all():
                 notes.append(f"{int((~finite).sum())} documents have no finite {name} score and were left out")
@@ -190,7 +193,8 @@ class MembershipInference:
                 ci = stratified_bootstrap(y, s, fn, n_resamples=self.n_resamples, confidence=self.confidence,
                                           seed=ctx.child_seed(f"{name}/{metric}"))
                 out.append(Finding(probe=self.id, metric=metric, value=float(fn(y, s)), higher_is_better=False,
-                                   ci=ci, n=int(y.size), slice={"score": name}, warnings=tuple(notes), evidence=ev))
+                                   ci=ci, n=int(y.size), slice={"score": name}, warnings=tuple(notes), evidence=ev,
+                                   units=units if metric == "auroc" else None))
         return out
 
     def _confounds(self, members: Sequence[Document], nonmembers: Sequence[Document], lengths: Sequence[int]) -> list[str]:

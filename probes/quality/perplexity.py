@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from audit.findings import Finding, Interval
+from audit.findings import Finding, Interval, Units
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ratio_ci
 from audit.subjects.textdata import read_documents
@@ -289,16 +289,21 @@ class _Group:
             "byte_perplexity": (lambda: float(np.exp(total_nll / total_bytes)), nll, n_bytes, np.exp, ""),
         }
         out = []
+        ids = [str(i) for i in np.asarray(self.ids, dtype=object)[mask]]
         for metric in metrics:
             value_fn, num, den, transform, unit = specs[metric]
-            value, ci = math.nan, None
+            value, ci, units = math.nan, None, None
             if ok:
                 value = value_fn()
                 ci = self._interval(num, den, transform)
+                # Per-document sums, so that a variant's finding pairs with this one by document id.
+                units = Units("exp_ratio" if transform is np.exp else "ratio", ids,
+                              {"num": num.tolist(), "den": den.tolist()})
             out.append(Finding(
                 probe=self.probe.id, metric=metric, value=value, higher_is_better=False, unit=unit,
                 ci=ci, n=n, slice=slice_, warnings=tuple(warnings),
                 evidence={"tokens": int(total_tok), "bytes": int(total_bytes)} if slice_ else {},
+                units=units,
             ))
         return out
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from audit.errors import InputError
-from audit.findings import Finding
+from audit.findings import Finding, Units
 from audit.probe import ParamCheck, ProbeContext, register
 from audit.stats import bootstrap_ci
 from audit.subjects.textdata import read_documents
@@ -201,7 +201,9 @@ class TextDiversity:
                           seed=ctx.child_seed(f"bootstrap-{metric}")) if values.size else None
         if values.size == 1:
             warnings.append("only 1 prompt: no interval can be formed")
+        # Per-prompt units (the finding is the mean over prompts): variants pair by prompt id.
+        units = Units("mean", [i for i, good in zip(ids, ok) if good], {"x": values.tolist()}) if values.size else None
         return Finding(probe=self.id, metric=metric, value=value, higher_is_better=higher, ci=ci, n=int(values.size),
-                       warnings=tuple(warnings),
+                       warnings=tuple(warnings), units=units,
                        evidence={**evidence, "per_prompt": [round(float(v), 6) for v in per_prompt[:200]],
                                  "prompt_ids": ids[:200]})

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from audit.curves import confusion_matrix_evidence, curves_evidence, proportion_curve
-from audit.findings import Finding
+from audit.findings import Finding, Units
 from audit.probe import ProbeContext
 from audit.stats import bootstrap_ci, wilson_interval
 from probes.robustness.attacks import AttackResult, perturbation_norms
@@ -96,12 +96,24 @@ class Report:
     target: torch.Tensor | None = None
 
     def rate(self, metric: str, k: int, n: int, hib: bool, slice_: dict[str, str], warnings: Sequence[str] = (),
-             evidence: dict[str, Any] | None = None) -> Finding:
+             evidence: dict[str, Any] | None = None, units: Units | None = None) -> Finding:
         value = k / n if n else math.nan
         extra = [] if n else ["no sample in this group: the value is nan"]
         return Finding(probe=self.probe.id, metric=metric, value=value, higher_is_better=hib,
                        ci=wilson_interval(k, n), n=n, slice=slice_, warnings=(*warnings, *extra),
-                       evidence=evidence or {})
+                       evidence=evidence or {}, units=units if n else None)
+
+    def units(self, x: torch.Tensor, over: torch.Tensor | None = None, among: torch.Tensor | None = None) -> Units:
+        """Per-image units named by the image's index in the data (equal on every variant, which
+        sees the same images and attack starts): the mean of ``x`` over the images in ``among``
+        (all by default), or, with ``over``, the rate ``sum(x) / sum(over)`` over all images
+        (a rate among the initially correct images, whose set differs between variants)."""
+        index = self.data_index.tolist() if self.data_index is not None else list(range(int(self.y.shape[0])))
+        ids = [f"{self.probe.data}[{i}]" for i in index]
+        if over is not None:
+            return Units("ratio", ids, {"num": x.double().tolist(), "den": over.double().tolist()})
+        keep = torch.ones_like(x, dtype=torch.bool) if among is None else among
+        return Units("mean", [i for i, k in zip(ids, keep.tolist()) if k], {"x": x[keep].double().tolist()})
 
     def findings(self) -> list[Finding]:
         p, n = self.probe, int(self.y.shape[0])
@@ -110,7 +122,7 @@ class Report:
         n_correct = int(cc.sum())
         cm = (confusion_matrix_evidence(self.y.tolist(), self.clean_prediction.tolist(), self.names)
               if self.clean_prediction is not None and len(self.names) <= MAX_MATRIX_CLASSES else {})
-        out = [self.rate("clean_accuracy", n_correct, n, True, {}, notes, cm)]
+        out = [self.rate("clean_accuracy", n_correct, n, True, {}, notes, cm, self.units(cc))]
         strongest = "pgd" if "pgd" in self.results else p.attacks[0]
         curves: dict[str, list[dict[str, Any]]] = {}
         for attack, outcomes in self.results.items():
@@ -119,13 +131,14 @@ class Report:
                 s = {"attack": attack, "eps": o.label}
                 robust = cc & o.correct
                 k = int(robust.sum())
-                out.append(self.rate("robust_accuracy", k, n, True, s, notes))
+                out.append(self.rate("robust_accuracy", k, n, True, s, notes, units=self.units(robust)))
                 out.append(self.rate("robust_accuracy_on_correct", k, n_correct, True, s, notes,
-                                     {"over": "initially correct samples"}))
+                                     {"over": "initially correct samples"}, self.units(robust, over=cc)))
                 broken = int((o.success & cc).sum())
                 out.append(self.rate("attack_success_rate", broken, n_correct, False, s, notes,
                                      {"over": "initially correct samples",
-                                      "objective": "classified as the target" if p.targeted else "misclassified"}))
+                                      "objective": "classified as the target" if p.targeted else "misclassified"},
+                                     self.units(o.success & cc, over=cc)))
                 over = o.max_perturbation > o.eps * (1 + 1e-5) + 1e-7
                 out.append(Finding(
                     probe=p.id, metric="max_perturbation", value=o.max_perturbation, higher_is_better=False,
@@ -142,7 +155,8 @@ class Report:
                 ci=bootstrap_ci(area, n_resamples=p.n_resamples, seed=self.ctx.child_seed(f"area:{attack}")),
                 n=n, slice={"attack": attack}, warnings=notes,
                 evidence={"points": curves[attack], "norm": p.norm, **self.curves(attack, outcomes),
-                          "definition": "area under robust accuracy vs eps from 0 to the largest eps, divided by it"}))
+                          "definition": "area under robust accuracy vs eps from 0 to the largest eps, divided by it"},
+                units=self.units(torch.from_numpy(area))))
         out += self.sanity(curves)
         return out
 
@@ -203,7 +217,8 @@ class Report:
                 continue
             k = int((robust & mask).sum())
             if self.probe.per_class and len(self.names) <= 50:
-                out.append(self.rate("robust_accuracy", k, nc, True, {**s, "class": name}))
+                out.append(self.rate("robust_accuracy", k, nc, True, {**s, "class": name},
+                                     units=self.units(robust, among=mask)))
             if worst is None or k / nc < worst[0] / worst[1]:
                 worst = (k, nc, name)
         if worst is not None:
@@ -221,7 +236,7 @@ class Report:
             if masked else ()
         out = [
             self.rate("large_eps_robust_accuracy", k, n, False, {"eps": m.label}, warn,
-                      {"threshold": MASKING_THRESHOLD, "attack": "pgd"}),
+                      {"threshold": MASKING_THRESHOLD, "attack": "pgd"}, self.units(self.clean_correct & m.correct)),
             Finding(probe=p.id, metric="gradient_masking_suspected", value=float(masked), higher_is_better=False,
                     n=n, warnings=warn, evidence={"large_eps": m.eps, "robust_accuracy": k / n,
                                                   "threshold": MASKING_THRESHOLD}),
@@ -241,7 +256,8 @@ class Report:
             k = int(self.gradient_problem.sum())
             out.append(self.rate("zero_gradient_rate", k, n, False, {},
                                  evidence={"meaning": "share of samples whose input gradient was all zero or "
-                                           "non-finite at the first PGD step"}))
+                                           "non-finite at the first PGD step"},
+                                 units=self.units(self.gradient_problem)))
         return out
 
 
