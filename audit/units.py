@@ -62,6 +62,7 @@ __all__ = [
     "evaluate_units",
     "paired_delta_interval",
     "register_statistic",
+    "point_delta",
     "unpaired_delta_interval",
 ]
 
@@ -255,6 +256,13 @@ def _level_of(method: str) -> float | None:
     return level if 0 < level < 1 else None
 
 
+def point_delta(base: Finding, variant: Finding) -> Delta:
+    """``variant - base`` and its relative size, without an interval."""
+    diff = variant.value - base.value
+    rel = diff / abs(base.value) if math.isfinite(base.value) and base.value != 0 else None
+    return Delta(base_value=base.value, value=diff, relative=rel)
+
+
 def delta_of(base: Finding, variant: Finding, *, n_resamples: int = DEFAULT_N_RESAMPLES,
              confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Delta:
     """``variant`` against ``base`` (the same finding measured on the subject), with the
@@ -266,9 +274,7 @@ def delta_of(base: Finding, variant: Finding, *, n_resamples: int = DEFAULT_N_RE
 def _delta_and_warnings(base: Finding, variant: Finding, *, n_resamples: int, confidence: float,
                         seed: int) -> tuple[Delta, list[str]]:
     """The delta, and the warnings for the variant finding (ids that differ, units not used)."""
-    diff = variant.value - base.value
-    rel = diff / abs(base.value) if math.isfinite(base.value) and base.value != 0 else None
-    point = Delta(base_value=base.value, value=diff, relative=rel)
+    point = point_delta(base, variant)
     if not (math.isfinite(base.value) and math.isfinite(variant.value)):
         return point, []
     warnings: list[str] = []

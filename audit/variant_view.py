@@ -24,10 +24,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from statistics import NormalDist
 from typing import Any
 
 from audit.findings import AuditReport, Delta, Finding, Interval
+from audit.units import normal_delta_interval, point_delta
 
 __all__ = [
     "BASE_LABEL",
@@ -94,56 +94,20 @@ def has_variants(report: AuditReport) -> bool:
 # -- deltas --------------------------------------------------------------------------------
 
 
-def point_delta(base: Finding, other: Finding) -> Delta:
-    """``other - base`` without an interval (when no delta was attached)."""
-    diff = other.value - base.value
-    rel = diff / abs(base.value) if math.isfinite(base.value) and base.value != 0 else None
-    return Delta(base_value=base.value, value=diff, relative=rel)
-
-
-def _confidence_of(ci: Interval) -> float:
-    """The level of an interval from its method (``wilson-95`` -> 0.95); 0.95 when it does not say."""
-    m = re.search(r"(\d{2}(?:\.\d+)?)(?!.*\d)", ci.method or "")
-    if m and 50 <= float(m.group(1)) < 100:
-        return float(m.group(1)) / 100
-    return 0.95
-
-
 def unpaired_delta(base: Finding, other: Finding, *, confidence: float = 0.95) -> Delta:
-    """``other - base`` for two findings measured on separate runs, with a normal-approximation
-    interval that assumes the two are independent.
-
-    Each finding's standard error is read from its interval, ``(high - low) / (2 z)`` at the
-    interval's own level (from its method, 95 % when it does not say); the delta's interval is
-    ``diff ± z sqrt(se_a² + se_b²)`` at ``confidence``, with method ``unpaired-normal-NN``.
-    The relative interval divides by ``|base.value|`` (treated as fixed). Without an interval
-    on either side, the delta has none.
+    """``other - base`` for two findings measured on separate runs, with the normal-approximation
+    interval of :func:`audit.units.normal_delta_interval` (the two taken as independent, each
+    standard error read from its interval at its own level); none without an interval on either side.
 
     Example:
         >>> a = Finding("p", "m", 10.0, False, ci=Interval(9.0, 11.0, "x-95"))
         >>> b = Finding("p", "m", 12.0, False, ci=Interval(11.0, 13.0, "x-95"))
         >>> d = unpaired_delta(a, b)
         >>> d.value, round(d.ci.low, 4), round(d.ci.high, 4), d.ci.method
-        (2.0, 0.5858, 3.4142, 'unpaired-normal-95')
+        (2.0, 0.5858, 3.4142, 'unpaired-normal-from-intervals-95')
     """
-    d = point_delta(base, other)
-    if base.ci is None or other.ci is None:
-        return d
-    ses = []
-    for f in (base, other):
-        z_f = NormalDist().inv_cdf(0.5 + _confidence_of(f.ci) / 2)  # type: ignore[arg-type]
-        ses.append((f.ci.high - f.ci.low) / (2 * z_f))  # type: ignore[union-attr]
-    se = math.sqrt(ses[0] ** 2 + ses[1] ** 2)
-    if not (math.isfinite(se) and math.isfinite(d.value)):
-        return d
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    method = f"unpaired-normal-{100 * confidence:g}"
-    ci = Interval(d.value - z * se, d.value + z * se, method)
-    ci_rel = None
-    if d.relative is not None:
-        scale = abs(base.value)
-        ci_rel = Interval(ci.low / scale, ci.high / scale, method)
-    return replace(d, ci=ci, ci_relative=ci_rel, paired=False)
+    ci, ci_rel = normal_delta_interval(base, other, confidence=confidence)
+    return replace(point_delta(base, other), ci=ci, ci_relative=ci_rel, paired=False)
 
 
 def delta_badness(delta: Delta, higher_is_better: bool, *, relative: bool = False) -> float | None:

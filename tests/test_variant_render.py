@@ -135,7 +135,7 @@ def test_cli_diff_side_by_side_and_html(tmp_path):
     # int8 perplexity 12.9 -> 15.48: +2.58, se from both intervals: sqrt(2) * 0.5 / 1.96 -> excludes 0
     assert "Δ +20% \\[" in res.output and "**worse (significant)**" in res.output
     html = out.read_text()
-    assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "unpaired-normal-95" in html
+    assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "unpaired-normal-from-intervals-95" in html
 
 
 def test_cli_diff_without_variants_prints_as_before(tmp_path):

@@ -68,7 +68,7 @@ def test_unpaired_delta_against_a_hand_computation():
     assert d.value == 3.0 and d.relative == pytest.approx(0.3)
     assert (d.ci.low, d.ci.high) == pytest.approx((3 - z * se, 3 + z * se))
     assert (d.ci.low, d.ci.high) == pytest.approx((0.763932, 5.236068), abs=1e-6)  # 3 -+ sqrt(5)
-    assert d.ci.method == "unpaired-normal-95" and d.paired is False
+    assert d.ci.method == "unpaired-normal-from-intervals-95" and d.paired is False
     assert (d.ci_relative.low, d.ci_relative.high) == pytest.approx((0.0763932, 0.5236068), abs=1e-7)
 
 
@@ -141,7 +141,7 @@ def test_diff_side_by_side_unpaired_and_variant_by_variant():
     assert all(v.pairing == "unpaired" for v in views)
     cell = views[1].tables[0].rows[0].cells[0]
     assert cell.finding.variant == "int8" and cell.delta.value == pytest.approx(1.0)
-    assert cell.delta.ci.method == "unpaired-normal-95"
+    assert cell.delta.ci.method == "unpaired-normal-from-intervals-95"
     # without variants: one view, A against B
     assert len(diff_side_by_side(make_report(), make_report())) == 1
 
