@@ -86,6 +86,8 @@ class ProbeContext:
         rank / world_size: this process's place in a distributed run (1 process by default).
         dist: the :class:`audit.distributed.Distributed` helper probes shard and gather with
             (``ctx.dist.shard(n)``, ``ctx.dist.gather(values, indices)``); no-ops in one process.
+        memo: the audit's memo of :meth:`shared` work, one dict for every probe on every
+            variant of one audit (a context made by hand gets its own).
     """
 
     device: Any = "cpu"
@@ -102,6 +104,7 @@ class ProbeContext:
     probe_id: str = ""
     dist: Any = None
     samples: Any = None  # an audit.samples.SampleBuffer, made on the first record_samples call
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         from audit.distributed import Distributed
@@ -123,6 +126,23 @@ class ProbeContext:
 
     def child_seed(self, purpose: str = "") -> int:
         return (self.seed * 1_000_003 + zlib.crc32(f"{self.probe_id}:{purpose}".encode())) % (2**63)
+
+    def shared(self, key: Any, make: Any) -> Any:
+        """``make()``, computed once per audit under ``key`` and reused by every probe on every
+        variant (the reference images' features, a parsed corpus): set-up that does not depend
+        on the model under audit. A key must therefore not depend on the subject, or must
+        include its identity (e.g. ``subject.identity.files``); it should name the probe's
+        inputs (data name, path, parameters that change the result), e.g.
+        ``("image-features", "inception", str(path), n)``.
+
+        Example:
+            >>> ctx = ProbeContext()
+            >>> ctx.shared(("answer",), lambda: 42), ctx.shared(("answer",), lambda: 0)
+            (42, 42)
+        """
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
     def record_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Keep per-sample records for ``DIR/samples.parquet`` (optional; see :mod:`audit.samples`).

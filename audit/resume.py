@@ -4,6 +4,8 @@ Each finished probe is saved under ``OUT/.partial/`` at once (rank 0 only), so a
 started again with ``resume=True`` on the same spec fingerprint and the same data inputs
 reuses the finished probes and runs the rest. A probe is reused only when its parameters
 hash to the same value; a resumed run refuses inputs that changed since it was interrupted.
+A variant's outcome of a probe is kept apart from the subject's (:func:`partial_key`), with
+the findings' per-unit values (:class:`~audit.findings.Units`), so a resumed run still pairs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -23,13 +26,37 @@ from audit.errors import InputError
 from audit.findings import AuditReport, Finding, ProbeStatus, atomic_write_text, jsonable
 from audit.spec import AuditSpec
 
-__all__ = ["Partial", "check_inputs", "inputs_digest", "params_hash", "start_run"]
+__all__ = ["Partial", "check_inputs", "inputs_digest", "params_hash", "partial_key", "start_run"]
 
 _FINDINGS = TypeAdapter(list[Finding])
 _STATUS = TypeAdapter(ProbeStatus)
 
-#: What an interrupted run finished: probe id -> (its status, its findings).
+#: What an interrupted run finished: :func:`partial_key` -> (its status, its findings).
 Done = dict[str, tuple[ProbeStatus, list[Finding]]]
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def partial_key(probe_id: str, variant: str | None = None) -> str:
+    """Where a probe's outcome on the subject (``variant`` None) or on a variant is kept.
+
+    Example:
+        >>> partial_key("quality.perplexity"), partial_key("quality.perplexity", "int8")
+        ('quality.perplexity', 'quality.perplexity@int8')
+    """
+    return probe_id if variant is None else f"{probe_id}@{variant}"
+
+
+def _decoded_units(findings: list[Finding]) -> list[Finding]:
+    """Per-unit columns hold any JSON value, so their non-finite floats come back as the strings
+    :func:`audit.findings.jsonable` wrote; put the floats back."""
+    out = []
+    for f in findings:
+        if f.units is not None:
+            cols = {k: tuple(_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in col)
+                    for k, col in f.units.columns.items()}
+            f = dataclasses.replace(f, units=dataclasses.replace(f.units, columns=cols))
+        out.append(f)
+    return out
 
 
 def params_hash(probe: Any) -> str:
@@ -65,7 +92,7 @@ class Partial:
             data = json.loads(self._probe_path(probe_id).read_text(encoding="utf-8"))
             if data.get("params_hash") != params_hash:
                 return None
-            return _STATUS.validate_python(data["status"]), _FINDINGS.validate_python(data["findings"])
+            return _STATUS.validate_python(data["status"]), _decoded_units(_FINDINGS.validate_python(data["findings"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -135,8 +162,10 @@ def start_run(spec: AuditSpec, probes: Sequence[Any], out: Path, partial: Partia
         partial.save_run(run_info)
     done: Done = {}
     if resume:
-        for pspec, probe in zip(spec.probes, probes):
-            got = partial.load_probe(pspec.id, params_hash(probe))
-            if got is not None:
-                done[pspec.id] = got
+        for variant in (None, *(v.name for v in spec.variants)):
+            for pspec, probe in zip(spec.probes, probes):
+                key = partial_key(pspec.id, variant)
+                got = partial.load_probe(key, params_hash(probe))
+                if got is not None:
+                    done[key] = got
     return run_info, done

@@ -12,6 +12,10 @@ a failure on every rank is recorded as usual, while a failure on some ranks only
 job (exit 3, the failing rank's error on stderr) since the others may wait inside the
 probe's collectives; ``--resume`` then reuses the probes finished before it.
 
+With ``spec.variants``, every probe also runs on every variant of the subject, with the same
+seeds and data (variant-major: one model in memory at a time; see :mod:`audit.variants_run`),
+and the variants' findings get deltas to the subject's (:func:`audit.units.attach_deltas`).
+
 The steps: :func:`_prepare` (device, ranks, output folder, what a resumed run reuses),
 :func:`_run_probes` (each probe in isolation, :func:`_run_one`, settled across ranks by
 :func:`audit.ranks.settle_across_ranks`), :func:`_assemble_report` and :func:`_gate`, then
@@ -24,7 +28,6 @@ import dataclasses
 import logging
 import math
 import os
-import pickle
 import platform
 import subprocess
 import sys
@@ -34,11 +37,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from audit.distributed import Distributed
 from audit.errors import AuditError, InputError
-from audit.findings import AuditReport, Finding, ProbeStatus, SubjectIdentity, jsonable
+from audit.findings import AuditReport, Finding, ProbeStatus, SubjectIdentity, VariantRecord, jsonable
 from audit.gates import evaluate_gates
 from audit.outdir import drop_previous
 from audit.probe import ProbeContext
@@ -50,14 +51,14 @@ from audit.ranks import (
     rank_scratch,
     settle_across_ranks,
 )
-from audit.resume import Done, Partial, check_inputs, params_hash, start_run
+from audit.resume import Done, Partial, check_inputs, params_hash, partial_key, start_run
 from audit.spec import AuditSpec
 from audit.subjects import missing_capabilities
+from audit.variants_run import LazySubject, Target, tag_findings, targets
 
 __all__ = ["RunResult", "default_cache_dir", "environment_info", "run_audit"]
 
 log = logging.getLogger("genai_audit")
-_IDENTITY = TypeAdapter(SubjectIdentity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +193,8 @@ class _Run:
     probes: tuple[Any, ...]
     done: Done  # what an interrupted run finished
     t_start: float
+    added_footprint: bool = False  # energy.footprint was appended for the variants
+    memo: dict[Any, Any] = dataclasses.field(default_factory=dict)  # ProbeContext.shared, one per audit
 
     @property
     def main(self) -> bool:
@@ -208,6 +211,7 @@ class _Outcome:
     identity: SubjectIdentity | None
     samples: list[Any]  # per-sample rows of the probes that recorded any (samples.parquet), rank 0 only
     threads: dict[str, Any] = dataclasses.field(default_factory=dict)  # settings.threads as in force
+    variants: tuple[VariantRecord, ...] = ()
 
 
 def run_audit(
@@ -276,6 +280,10 @@ def _prepare(spec: AuditSpec, *, out_dir: Path, resume: bool, cache_dir: str | P
         say = lambda msg: log.debug(msg)  # noqa: E731 - rank 0 speaks for the job
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     check_inputs(spec)
+    from audit.variants_run import check_variants, with_default_footprint
+
+    check_variants(spec, dev)
+    spec, added_footprint = with_default_footprint(spec)
     probes = spec.build_probes()
     partial = Partial(out_dir)
     # Rank 0 owns the output folder: it decides what a resumed run reuses and tells the others,
@@ -294,97 +302,71 @@ def _prepare(spec: AuditSpec, *, out_dir: Path, resume: bool, cache_dir: str | P
         progress = False
     return _Run(spec=spec, out=out_dir, device=dev, cache=cache, dist=dist, own_group=own_group, say=say,
                 progress=progress, partial=partial, run_info=run_info, probes=tuple(probes), done=done,
-                t_start=t_start)
-
-
-class _LazySubject:
-    """The subject under audit, loaded on first use: a run whose probes are all reused from an
-    unfinished run never loads it."""
-
-    def __init__(self, run: _Run, loader: Callable[..., Any] | None, timings: dict[str, float]):
-        self._run = run
-        self._loader = loader
-        self._timings = timings
-        self._subject: Any = None
-        info = run.run_info
-        self.identity = _IDENTITY.validate_python(info["subject"]) if "subject" in info else None
-
-    def get(self) -> Any:
-        if self._subject is not None:
-            return self._subject
-        run, sspec = self._run, self._run.spec.subject
-        t0 = time.perf_counter()
-        run.say(f"loading {sspec.kind} from {sspec.source}: {sspec.path}")
-        loader = self._loader
-        if loader is None:
-            from audit.subjects.loading import load_subject as loader
-        try:
-            self._subject = loader(sspec, base_dir=Path(run.spec.base_dir), device=str(run.device),
-                                   cache_dir=run.cache)
-        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused it: input, not a bug
-            raise InputError(f"subject {sspec.path!r}: a pickled weights file was refused by the safe "
-                             f"loader (it holds objects other than tensors, which could run code): "
-                             f"{str(exc).splitlines()[0][:200]}. Convert the weights to safetensors.") from None
-        self._timings["load_subject_s"] = time.perf_counter() - t0
-        if self.identity is not None and self.identity.files != self._subject.identity.files:
-            # Resumed findings were measured on other weights: mixing them would misreport.
-            raise InputError(
-                f"{run.out}: the model's weight files changed since the unfinished run "
-                f"(sha256 differs); run without --resume"
-            )
-        self.identity = self._subject.identity
-        if run.main:
-            run.partial.save_run({**run.run_info, "subject": dataclasses.asdict(self.identity)})
-        return self._subject
-
-    def close(self) -> None:
-        if self._subject is not None:
-            self._subject.close()
+                t_start=t_start, added_footprint=added_footprint)
 
 
 def _run_probes(run: _Run, subject_loader: Callable[..., Any] | None) -> _Outcome:
-    """Run each probe of the spec in order (or reuse what an unfinished run finished); rank 0
-    saves each outcome to ``.partial/`` at once. A model that cannot load ends the run (exit 2)."""
-    from audit import samples as sample_records
+    """Run each probe of the spec in order on the subject, then on each variant (or reuse what an
+    unfinished run finished); rank 0 saves each outcome to ``.partial/`` at once. A model that
+    cannot load ends the run (exit 2)."""
+    from audit.threads import set_intra_op_threads
+    from audit.variants_run import variant_records
 
     timings: dict[str, float] = {}
-    statuses: dict[str, ProbeStatus] = {}
+    statuses: dict[str, dict[str, ProbeStatus]] = {}  # target label -> probe id -> status
+    identities: dict[str | None, SubjectIdentity | None] = {}
     findings: list[Finding] = []
     sample_buffers: list[Any] = []
-    subject = _LazySubject(run, subject_loader, timings)
-    from audit.threads import set_intra_op_threads
-
     threads = set_intra_op_threads(run.spec.settings.threads)  # put back in the finally below
     try:
-        for i, (pspec, probe) in enumerate(zip(run.spec.probes, run.probes)):
-            pid = pspec.id
-            tag = f"[{i + 1}/{len(run.probes)}] {pid}"
-            done = run.done.get(pid)
-            if done is not None and done[0].status != "failed":
-                statuses[pid], got = done
-                findings.extend(got)
-                kept = sample_records.load_partial(run.out, pid) if run.main else None
-                if kept is not None:
-                    sample_buffers.append(kept)
-                run.say(f"{tag}: reused from the unfinished run ({done[0].status})")
-                continue
-            statuses[pid], got, rows = _run_one(run, subject, tag, pid, probe)
-            findings.extend(got)
-            if rows is not None and run.main:
-                sample_buffers.append(rows)
-            if run.main:
-                if statuses[pid].status != "skipped":
-                    sample_records.save_partial(run.out, pid, rows)
-                run.partial.save_probe(pid, params_hash(probe), statuses[pid], got)
+        for target in targets(run.spec):  # variant-major: one model in memory at a time
+            subject = LazySubject(run, target, subject_loader, timings)
+            mine = statuses.setdefault(target.label, {})
+            try:
+                for i, (pspec, probe) in enumerate(zip(run.spec.probes, run.probes)):
+                    mine[pspec.id] = _probe_on(run, subject, target, i, pspec.id, probe, findings, sample_buffers)
+            finally:
+                subject.close()
+            identities[target.name] = subject.identity
     finally:
         threads.restore()
-        subject.close()
-    return _Outcome(statuses=statuses, findings=findings, timings=timings, identity=subject.identity,
-                    samples=sample_buffers, threads=threads.info)
+    base = statuses.pop(targets(run.spec)[0].label)
+    return _Outcome(statuses=base, findings=findings, timings=timings, identity=identities[None],
+                    samples=sample_buffers, threads=threads.info,
+                    variants=variant_records(run.spec, statuses, identities, added_footprint=run.added_footprint))
 
 
-def _run_one(run: _Run, subject: _LazySubject, tag: str, pid: str,
-             probe: Any) -> tuple[ProbeStatus, list[Finding], Any]:
+def _probe_on(run: _Run, subject: LazySubject, target: Target, i: int, pid: str, probe: Any,
+              findings: list[Finding], sample_buffers: list[Any]) -> ProbeStatus:
+    """One probe on one target (reused from ``.partial`` when an unfinished run finished it);
+    its findings (tagged with the variant) go to ``findings``; per-sample rows of the subject only."""
+    from audit import samples as sample_records
+
+    key = partial_key(pid, target.name)
+    tag = f"[{i + 1}/{len(run.probes)}] {pid}" + (f" [{target.name}]" if target.name else "")
+    keep_rows = run.main and target.name is None
+    done = run.done.get(key)
+    if done is not None and done[0].status != "failed":
+        findings.extend(done[1])
+        kept = sample_records.load_partial(run.out, pid) if keep_rows else None
+        if kept is not None:
+            sample_buffers.append(kept)
+        run.say(f"{tag}: reused from the unfinished run ({done[0].status})")
+        return done[0]
+    status, got, rows = _run_one(run, subject, tag, pid, probe, target)
+    got = tag_findings(got, target)
+    findings.extend(got)
+    if keep_rows and rows is not None:
+        sample_buffers.append(rows)
+    if keep_rows and status.status != "skipped":
+        sample_records.save_partial(run.out, pid, rows)
+    if run.main:
+        run.partial.save_probe(key, params_hash(probe), status, got)
+    return status
+
+
+def _run_one(run: _Run, subject: LazySubject, tag: str, pid: str, probe: Any,
+             target: Target) -> tuple[ProbeStatus, list[Finding], Any]:
     """Run one probe in isolation, metered; its error (if any) is recorded, never raised. Returns
     its status, findings and per-sample rows (None when it recorded none, was skipped or failed)."""
     from audit.energy import default_meter, summarize
@@ -397,9 +379,9 @@ def _run_one(run: _Run, subject: _LazySubject, tag: str, pid: str,
         return ProbeStatus(status="skipped", reason=reason, params=params), [], None
     ctx = ProbeContext(
         device=run.device, seed=run.spec.settings.seed, data=run.spec.data_paths(), cache_dir=run.cache,
-        artefact_dir=(run.out if run.main else rank_scratch(run.out, run.dist.rank)) / "artefacts" / pid,
+        artefact_dir=(run.out if run.main else rank_scratch(run.out, run.dist.rank)) / target.artefacts(pid),
         batch_size=run.spec.settings.batch_size, show_progress=run.progress, logger=log, probe_id=pid,
-        dist=run.dist,
+        dist=run.dist, memo=run.memo,
     )
     ctx.seed_everything()
     meter = default_meter(str(run.device))
@@ -415,7 +397,7 @@ def _run_one(run: _Run, subject: _LazySubject, tag: str, pid: str,
     readings = meter.stop()
     wall = time.perf_counter() - t0
     if run.dist.active:
-        error, wall, energy = settle_across_ranks(run.dist, pid, error, wall, readings)
+        error, wall, energy = settle_across_ranks(run.dist, tag.split("] ", 1)[-1], error, wall, readings)
     else:
         energy = summarize(readings)
     if error is None:
@@ -441,9 +423,14 @@ def _failed_status(error: BaseException, *, wall: float, energy: dict[str, Any],
 
 
 def _assemble_report(run: _Run, outcome: _Outcome) -> AuditReport:
-    """The report of the run (before its gates): findings, statuses, environment, energy."""
+    """The report of the run (before its gates): findings (the variants' with their deltas),
+    statuses, environment, energy."""
+    from audit.units import attach_deltas
+    from audit.variants_run import order_findings
+
     spec = run.spec
-    energy = _audit_energy(outcome.statuses, spec.settings.emissions.factor() if spec.settings.emissions else None)
+    every = {**outcome.statuses, **{partial_key(pid, v.name): st for v in outcome.variants for pid, st in v.probes.items()}}
+    energy = _audit_energy(every, spec.settings.emissions.factor() if spec.settings.emissions else None)
     timings = {**outcome.timings, "total_s": time.perf_counter() - run.t_start}
     environment = environment_info(run.device)
     environment["threads"] = outcome.threads
@@ -454,8 +441,9 @@ def _assemble_report(run: _Run, outcome: _Outcome) -> AuditReport:
         subject=outcome.identity or SubjectIdentity(name=spec.subject.name or spec.subject.path,
                                                     kind=spec.subject.kind, source=spec.subject.source,
                                                     path=spec.subject.path),
-        findings=tuple(outcome.findings),
+        findings=tuple(attach_deltas(order_findings(outcome.findings, spec))),
         probes=outcome.statuses,
+        variants=outcome.variants,
         spec=spec.as_dict(),
         environment=environment,
         timings=timings,

@@ -117,6 +117,10 @@ def load_subject(spec: SubjectSpec, *, base_dir: Path = Path("."), device: str =
             raise SpecError(f"subject.device: {exc}") from None
     else:
         torch_device = resolve_device(device)
+    if spec.quantization is not None:  # refused before the (slow) load when the device or source cannot take it
+        from audit.subjects.quantize import check_quantization
+
+        check_quantization(spec.quantization, kind=spec.kind, source=spec.source, device=torch_device)
     if isinstance(loader, str):  # lazy "module:function": other subject kinds live in their own modules
         module_name, _, attr = loader.partition(":")
         loader = getattr(importlib.import_module(module_name), attr)
@@ -125,6 +129,10 @@ def load_subject(spec: SubjectSpec, *, base_dir: Path = Path("."), device: str =
         from audit.subjects.adapters import apply_adapter
 
         subject = apply_adapter(subject, spec, Path(base_dir))
+    if spec.quantization is not None:  # after the adapter: QLoRA's base is quantized at load, int8 here
+        from audit.subjects.quantize import apply_quantization
+
+        subject = apply_quantization(subject, spec)
     return subject
 
 

@@ -292,11 +292,16 @@ def _from_pretrained(source: str, *, spec: SubjectSpec, revision: str | None, tr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype: Any = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+    quantized: dict[str, Any] = {}
+    if spec.quantization in ("bnb-8bit", "bnb-nf4"):  # bitsandbytes quantizes while loading (CUDA only)
+        from audit.subjects.quantize import bnb_config
+
+        quantized = {"quantization_config": bnb_config(spec.quantization), "device_map": {"": torch.cuda.current_device()}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
-            use_safetensors=use_safetensors,
+            use_safetensors=use_safetensors, **quantized,
         )
     except (OSError, ValueError, SafetensorError) as exc:
         if isinstance(exc, SafetensorError) and folder is not None:
@@ -317,7 +322,13 @@ def _from_pretrained(source: str, *, spec: SubjectSpec, revision: str | None, tr
 
 def _wrap(model: Any, tokenizer: Any, spec: SubjectSpec, device: torch.device, *, name: str, revision: str | None,
           files: tuple[FileHash, ...], details: dict[str, Any] | None = None) -> HFTextGenerator:
-    model = model.to(device).eval()
+    if getattr(model, "is_quantized", False):  # bitsandbytes placed it at load; .to() would refuse
+        import torch
+
+        device = next(model.parameters()).device if device.type == "cuda" and device.index is None else device
+        model = model.eval()
+    else:
+        model = model.to(device).eval()
     identity = SubjectIdentity(
         name=name, kind=spec.kind, source=spec.source, path=spec.path, revision=revision, files=files,
         details={**_model_details(model), "device": str(device), **(details or {})},
