@@ -40,7 +40,7 @@ from probes.quality.image_fidelity_findings import FID_MIN_SAMPLES, FidelityFind
 from probes.quality.stats_file import ReferenceStats, check_compatible, load_stats
 from probes.sharding import first_size, merge_read_logs, torch_latent_shard
 
-__all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder"]
+__all__ = ["Collected", "ImageFidelity", "collect_features", "reference_from_folder", "shared_reference"]
 
 _METRICS = ("fid", "kid", "inception_score", "precision", "recall", "gaussian_kl")
 #: gaussian_kl is asked for by name: it needs more samples than feature dimensions.
@@ -101,6 +101,19 @@ def reference_from_folder(folder: Path, fx: FeatureExtractor, *, batch_size: int
     batches = iter_image_batches(list_images(folder), batch_size=batch_size,
                                  mode="L" if fx.channels == 1 else "RGB", size=size, log=log)
     return collect_features(batches, fx, keep_features=keep_features, progress=progress, log=log)
+
+
+def shared_reference(ctx: ProbeContext, fx: FeatureExtractor, folder: Path, size: Any, keep: int | None,
+                     compute: Callable[[], Collected]) -> Collected:
+    """The reference folder's features, computed once per audit (:meth:`ProbeContext.shared`):
+    every variant, and every probe with the same extractor, size and ``keep``, reuses them. The
+    key names only inputs (the extractor, folder, size, how many features are kept, the shard),
+    never the subject."""
+    import json
+
+    key = ("quality.reference-features", json.dumps(fx.describe(), sort_keys=True, default=str),
+           str(Path(folder).resolve()), tuple(size) if size else None, keep, ctx.dist.rank, ctx.dist.world_size)
+    return ctx.shared(key, compute)
 
 
 def _is_int(v: Any) -> bool:
@@ -195,11 +208,12 @@ class ImageFidelity:
             check_compatible(stats, fx.describe(), dim=fx.dim or None)
             real = None
         elif ctx.dist.active:
-            real = self._with_backoff_agreed(ctx, fx, lambda bs: _reference_shard(
-                ref_path, fx, bs, size, ctx, progress))
+            real = shared_reference(ctx, fx, ref_path, size, None, lambda: self._with_backoff_agreed(
+                ctx, fx, lambda bs: _reference_shard(ref_path, fx, bs, size, ctx, progress)))
         else:
-            real = self._with_backoff(lambda bs: reference_from_folder(
-                ref_path, fx, batch_size=bs, size=size, keep_features=self.max_features, progress=progress))
+            real = shared_reference(ctx, fx, ref_path, size, self.max_features, lambda: self._with_backoff(
+                lambda bs: reference_from_folder(ref_path, fx, batch_size=bs, size=size,
+                                                 keep_features=self.max_features, progress=progress)))
         n_fake = fake.n
         n_real = stats.n if stats is not None else real.n
         if n_fake < 2:

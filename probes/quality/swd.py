@@ -136,7 +136,12 @@ class SlicedWasserstein:
 
     def _run_features(self, subject: Any, ctx: ProbeContext) -> list[Finding]:
         from probes.quality.features import build_extractor
-        from probes.quality.image_fidelity import _generated_shard, _reference_shard, reference_from_folder
+        from probes.quality.image_fidelity import (
+            _generated_shard,
+            _reference_shard,
+            reference_from_folder,
+            shared_reference,
+        )
 
         fid = self._fidelity()
         ref_path = ctx.input_path(self.reference)
@@ -153,11 +158,13 @@ class SlicedWasserstein:
         if ctx.dist.active:
             fake = fid._with_backoff_agreed(ctx, fx, lambda bs: _generated_shard(
                 subject, n_wanted, bs, mode, size, ctx, fx, progress))
-            real = fid._with_backoff_agreed(ctx, fx, lambda bs: _reference_shard(ref_path, fx, bs, size, ctx, progress))
+            real = shared_reference(ctx, fx, ref_path, size, None, lambda: fid._with_backoff_agreed(
+                ctx, fx, lambda bs: _reference_shard(ref_path, fx, bs, size, ctx, progress)))
         else:
             fake = fid._with_backoff(lambda bs: fid._generated(subject, n_wanted, bs, mode, size, ctx, fx, progress))
-            real = fid._with_backoff(lambda bs: reference_from_folder(
-                ref_path, fx, batch_size=bs, size=size, keep_features=self.max_features, progress=progress))
+            real = shared_reference(ctx, fx, ref_path, size, self.max_features, lambda: fid._with_backoff(
+                lambda bs: reference_from_folder(ref_path, fx, batch_size=bs, size=size,
+                                                 keep_features=self.max_features, progress=progress)))
         a, b = fake.features.double(), real.features.double()
         self._check_counts(a.shape[0], b.shape[0], fake.log.n_skipped, ref_path)
         dirs = random_directions(a.shape[1], self.n_directions * self.n_repeats, generator=ctx.rng("directions"))

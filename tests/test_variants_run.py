@@ -1,0 +1,338 @@
+"""Audits over variants of the subject (``spec.variants``): every probe on the base and on each
+variant with the same seeds and data, tagged findings with deltas, per-variant statuses and
+resume, int8-dynamic quantization (text generators and straight-through classifiers), the
+shared set-up memo, and the bad inputs (an adapter for another base, bitsandbytes on a CPU)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit.errors import InputError, SpecError
+from audit.findings import AuditReport, Finding, Units
+from audit.probe import ProbeContext, registry
+from audit.runner import run_audit
+from audit.spec import spec_from_dict
+from tests.fakes import TRAIN_TEXT, tiny_causal_lm, tiny_text_generator, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CALLS: dict[str, int] = {}
+
+
+def make_lm(seed: int = 0):
+    """``tests.test_variants_run:make_lm``: the tiny Llama and its tokenizer (another seed for
+    another 'fine-tune'); the loader names it after the spec (``tiny [seed1]`` for a variant)."""
+    return tiny_causal_lm(seed=seed), tiny_tokenizer()
+
+
+@dataclass(frozen=True)
+class PerVariant:
+    """Counts its calls per subject; crashes on subjects whose name holds ``crash_on``, and is
+    interrupted once on those holding ``interrupt_on`` (test probe)."""
+
+    applies_to = ("text-generator",)
+    crash_on: str = ""
+    interrupt_on: str = ""
+
+    def run(self, subject, ctx):
+        name = subject.identity.name
+        CALLS[name] = CALLS.get(name, 0) + 1
+        ctx.shared(("set-up",), lambda: CALLS.__setitem__("set-up", CALLS.get("set-up", 0) + 1))
+        if self.crash_on and self.crash_on in name:
+            raise RuntimeError(f"boom on {name}")
+        if self.interrupt_on and self.interrupt_on in name and CALLS.pop("armed", 0):
+            raise KeyboardInterrupt
+        ids = ("d0", "d1", "d2")
+        return [Finding(probe=self.id, metric="seed_hash", value=float(ctx.child_seed("x") % 1000),
+                        higher_is_better=True,
+                        units=Units("mean", ids, {"x": (1.0, math.nan, float(len(name)))}))]
+
+
+registry.register("test.per_variant", PerVariant, replace=True)
+
+
+def _write_data(tmp_path: Path) -> dict[str, str]:
+    docs = [{"id": f"doc{i}", "text": line} for i, line in enumerate(TRAIN_TEXT.strip().splitlines() * 2)]
+    (tmp_path / "texts.jsonl").write_text("\n".join(json.dumps(d) for d in docs), encoding="utf-8")
+    prompts = [{"id": f"p{i}", "text": t} for i, t in enumerate(["The quick brown", "Perplexity measures"])]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(p) for p in prompts), encoding="utf-8")
+    return {"texts": "texts.jsonl", "prompts": "prompts.jsonl"}
+
+
+def make_spec(tmp_path: Path, probes, variants, **extra):
+    return spec_from_dict({
+        "name": "variants-test",
+        "subject": {"kind": "text-generator", "source": "python", "path": "tests.test_variants_run:make_lm",
+                    "name": "tiny"},
+        "data": _write_data(tmp_path),
+        "probes": probes,
+        "variants": variants,
+        "settings": {"device": "cpu", "seed": 3},
+        **extra,
+    }, base_dir=tmp_path)
+
+
+def run(spec, out, **kw):
+    return run_audit(spec, out_dir=out, cache_dir=out.parent / "cache", use_store=False, **kw)
+
+
+REAL_PROBES = [
+    {"id": "quality.perplexity", "params": {"n_resamples": 100, "max_length": 64, "stride": 32}},
+    {"id": "quality.text_diversity", "params": {"samples_per_prompt": 2, "max_new_tokens": 6,
+                                                "n_resamples": 100}},
+]
+VARIANTS = [{"name": "seed1", "options": {"seed": 1}}, {"name": "int8", "quantization": "int8-dynamic"}]
+
+
+@pytest.fixture(scope="module")
+def two_variant_audit(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("variants")
+    spec = make_spec(tmp, REAL_PROBES, VARIANTS)
+    return spec, run(spec, tmp / "out")
+
+
+def test_every_probe_runs_on_the_base_and_on_each_variant(two_variant_audit):
+    spec, res = two_variant_audit
+    r = res.report
+    assert [v.name for v in r.variants] == ["seed1", "int8"]
+    for v in r.variants:
+        assert {pid: st.status for pid, st in v.probes.items()} == {
+            "quality.perplexity": "ok", "quality.text_diversity": "ok"}
+    assert set(r.probes) == {"quality.perplexity", "quality.text_diversity"}  # the base's
+    by_variant = {name: [f for f in r.findings if f.variant == name] for name in (None, "seed1", "int8")}
+    base_keys = [f.key for f in by_variant[None]]
+    assert base_keys and all([f.key for f in fs] == base_keys for fs in by_variant.values())
+    for name in ("seed1", "int8"):
+        for f in by_variant[name]:  # every variant finding has its delta to the base's
+            b = r.finding(f.key)
+            assert f.delta is not None and f.delta.base_value == pytest.approx(b.value, nan_ok=True)
+            if math.isfinite(b.value) and math.isfinite(f.value):
+                assert f.delta.value == pytest.approx(f.value - b.value)
+    ppl = {name: r.finding("quality.perplexity/perplexity", name).value for name in (None, "seed1", "int8")}
+    assert ppl["seed1"] != ppl[None]  # another model
+    assert ppl["int8"] == pytest.approx(ppl[None], rel=0.05) and ppl["int8"] != ppl[None]  # int8 rounds a little
+    # Findings in probe-major order: each probe's base findings, then each variant's.
+    order = [(f.probe, f.variant) for f in r.findings]
+    assert order == sorted(order, key=lambda pv: ([p["id"] for p in REAL_PROBES].index(pv[0]),
+                                                   [None, "seed1", "int8"].index(pv[1])))
+    assert r.exit_code == 0
+
+
+def test_variant_records_identity_overrides_and_notes(two_variant_audit):
+    spec, res = two_variant_audit
+    seed1, int8 = res.report.variants
+    assert seed1.overrides == {"options": {"seed": 1}} and int8.overrides == {"quantization": "int8-dynamic"}
+    assert seed1.subject.name == "tiny [seed1]" and int8.subject.details["quantization"] == "int8-dynamic"
+    assert int8.subject.details["quantized_linear_layers"] == 2 * 7 + 1  # 7 Linear per layer, and the head
+    assert any("int8-dynamic" in n for n in int8.notes)
+    # Artefacts per variant, and report.json round-trips with the variants and deltas.
+    loaded = AuditReport.load(res.out_dir / "report.json")
+    assert loaded.to_json() == res.report.to_json()
+    assert loaded.variants[1].probes["quality.perplexity"].status == "ok"
+    assert all(f.delta is not None for f in loaded.findings if f.variant is not None)
+
+
+def test_same_seed_per_probe_on_every_variant_and_shared_set_up_once(tmp_path):
+    CALLS.clear()
+    spec = make_spec(tmp_path, [{"id": "test.per_variant"}], VARIANTS[:1] + [{"name": "seed2", "options": {"seed": 2}}])
+    r = run(spec, tmp_path / "out").report
+    values = {f.variant: f.value for f in r.findings}
+    assert set(values) == {None, "seed1", "seed2"} and len(set(values.values())) == 1  # same child seed
+    assert CALLS["set-up"] == 1  # ctx.shared: once per audit, not per variant
+    assert {CALLS[n] for n in ("tiny", "tiny [seed1]", "tiny [seed2]")} == {1}
+
+
+def test_a_crash_on_one_variant_is_recorded_while_the_rest_finish(tmp_path):
+    CALLS.clear()
+    spec = make_spec(tmp_path, [{"id": "test.per_variant", "params": {"crash_on": "[seed1]"}}],
+                     VARIANTS[:1] + [{"name": "seed2", "options": {"seed": 2}}])
+    r = run(spec, tmp_path / "out").report
+    st = {v.name: v.probes["test.per_variant"] for v in r.variants}
+    assert st["seed1"].status == "failed" and "boom on tiny [seed1]" in st["seed1"].error
+    assert st["seed2"].status == "ok" and r.probes["test.per_variant"].status == "ok"
+    assert r.finding("test.per_variant/seed_hash", "seed2") is not None
+    assert r.status == "crashed" and r.exit_code == 3
+
+
+def test_resume_reuses_what_each_variant_finished_and_units_survive(tmp_path):
+    CALLS.clear()
+    CALLS["armed"] = 1
+    spec = make_spec(tmp_path, [{"id": "test.per_variant", "params": {"interrupt_on": "[seed2]"}}],
+                     VARIANTS[:1] + [{"name": "seed2", "options": {"seed": 2}}])
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, out)
+    assert (out / ".partial" / "probes" / "test.per_variant@seed1.json").is_file()
+    from audit.resume import Partial, params_hash
+
+    status, kept = Partial(out).load_probe("test.per_variant@seed1", params_hash(spec.build_probes()[0]))
+    assert kept[0].variant == "seed1" and kept[0].units.ids == ("d0", "d1", "d2")
+    x = kept[0].units.columns["x"]
+    assert x[0] == 1.0 and math.isnan(x[1]) and x[2] == len("tiny [seed1]")  # NaN back as a float
+    r = run(spec, out, resume=True).report
+    assert CALLS["tiny"] == 1 and CALLS["tiny [seed1]"] == 1 and CALLS["tiny [seed2]"] == 2  # only seed2 reran
+    assert [v.probes["test.per_variant"].status for v in r.variants] == ["ok", "ok"]
+    assert r.finding("test.per_variant/seed_hash", "seed1").delta is not None
+
+
+def test_footprint_is_added_when_variants_are_audited_and_registered(tmp_path, monkeypatch):
+    from audit import variants_run
+
+    spec = make_spec(tmp_path, [{"id": "test.per_variant"}], VARIANTS[:1])
+    monkeypatch.setattr(variants_run, "FOOTPRINT_PROBE", "test.per_variant")  # listed already: nothing added
+    assert variants_run.with_default_footprint(spec) == (spec, False)
+    monkeypatch.setattr(variants_run, "FOOTPRINT_PROBE", "test.constant_for_footprint")
+    assert variants_run.with_default_footprint(spec) == (spec, False)  # not registered: nothing added
+    from tests.probes_for_tests import Constant
+
+    registry.register("test.constant_for_footprint", Constant, replace=True)
+    added, yes = variants_run.with_default_footprint(spec)
+    assert yes and [p.id for p in added.probes] == ["test.per_variant", "test.constant_for_footprint"]
+    assert added.base_dir == spec.base_dir
+    r = run(added, tmp_path / "out").report  # the runner does the same: here with the stand-in probe
+    assert r.finding("test.constant_for_footprint/score", "seed1") is not None
+    no_variants = make_spec(tmp_path, [{"id": "test.per_variant"}], [])
+    assert variants_run.with_default_footprint(no_variants) == (no_variants, False)
+
+
+def test_variant_artefacts_go_to_their_own_folder():
+    from audit.variants_run import Target, targets
+
+    spec = spec_from_dict({"name": "a", "subject": {"kind": "text-generator", "source": "python", "path": "m:f"},
+                           "probes": [{"id": "test.per_variant"}], "variants": [{"name": "q", "dtype": "float16"}]})
+    base, q = targets(spec)
+    assert base.artefacts("p.x") == Path("artefacts/p.x") and q.artefacts("p.x") == Path("artefacts/q/p.x")
+    assert q.subject.dtype == "float16" and isinstance(q, Target) and q.label == "q" and base.label == "base"
+
+
+# -- quantization -----------------------------------------------------------------------------------
+
+
+def test_int8_text_generator_log_probs_are_close_to_float_and_generation_works():
+    from audit.subjects.quantize import quantize_dynamic_int8
+
+    lm = tiny_text_generator()
+    ids = torch.tensor([lm.tokenizer.encode("The quick brown fox jumps over the lazy dog.")])
+    ref = lm.token_logprobs(ids)
+    lm.model = quantize_dynamic_int8(lm.model)
+    got = lm.token_logprobs(ids)
+    assert not torch.equal(got, ref)
+    # int8 weights round by at most half a step of each tensor's range; on the tiny model's scaled head
+    # this moves log-probs by about 1 % of their typical size.
+    assert (got - ref).abs().mean() < 0.02 * ref.abs().mean()
+    assert len(lm.generate(["The quick"], max_new_tokens=4)) == 1
+
+
+def test_int8_classifier_logits_are_int8_and_gradients_the_float_models():
+    from audit.subjects.classifier import classifier_from_module
+    from audit.subjects.quantize import STE_NOTE, quantize_classifier, quantize_dynamic_int8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    reference = copy.deepcopy(net)
+    clf = quantize_classifier(classifier_from_module(net, input_shape=(1, 4, 4), mean=0.5, std=0.25))
+    x = torch.rand(5, 1, 4, 4)
+    expected = quantize_dynamic_int8(copy.deepcopy(reference))((x - 0.5) / 0.25)  # the same torch.ao call
+    xg = x.clone().requires_grad_(True)
+    logits = clf.logits(xg)
+    torch.testing.assert_close(logits.detach(), expected, rtol=0, atol=0)  # forward: exactly int8's
+    assert not torch.allclose(logits.detach(), reference((x - 0.5) / 0.25), atol=1e-6)
+    logits[:, 1].sum().backward()
+    xf = x.clone().requires_grad_(True)
+    reference((xf - 0.5) / 0.25)[:, 1].sum().backward()
+    torch.testing.assert_close(xg.grad, xf.grad)  # backward: the float model's gradient
+    assert clf.identity.details["gradients"] == STE_NOTE
+    with torch.no_grad():  # no gradient asked: only the int8 model runs
+        torch.testing.assert_close(clf.logits(x), expected, rtol=0, atol=0)
+
+
+def test_quantization_that_cannot_run_here_is_a_clear_spec_error():
+    from audit.subjects.quantize import check_quantization
+
+    with pytest.raises(SpecError, match="int8-dynamic runs on the CPU only.*cuda"):
+        check_quantization("int8-dynamic", kind="text-generator", source="hf", device="cuda")
+    with pytest.raises(SpecError, match=r"bnb-nf4 \(bitsandbytes\) needs a CUDA device; the device is cpu"):
+        check_quantization("bnb-nf4", kind="text-generator", source="hf", device="cpu")
+    with pytest.raises(SpecError, match="sources hf and gguf; this subject's source is 'python'"):
+        check_quantization("bnb-8bit", kind="text-generator", source="python", device="cuda")
+    with pytest.raises(SpecError, match="applies to text-generator and classifier subjects; this is a encoder"):
+        check_quantization("int8-dynamic", kind="encoder", source="hf", device="cpu")
+
+
+def test_bnb_variant_on_a_cpu_fails_before_any_model_loads(tmp_path):
+    CALLS.clear()
+    spec = make_spec(tmp_path, [{"id": "test.per_variant"}], [{"name": "qlora", "quantization": "bnb-nf4"}])
+    with pytest.raises(SpecError, match=r"variants\[0\] \('qlora'\): quantization bnb-nf4"):
+        run(spec, tmp_path / "out")
+    assert "tiny" not in CALLS
+
+
+def test_unknown_quantization_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="quantization"):
+        make_spec(tmp_path, [{"id": "test.per_variant"}], [{"name": "q", "quantization": "int4"}])
+
+
+# -- adapters -------------------------------------------------------------------------------------
+
+
+def test_adapter_variant_for_another_base_names_both_models_before_loading(tmp_path):
+    from tests.fakes import save_tiny_model
+    from tests.test_adapters import _make_adapter
+
+    base = save_tiny_model(tmp_path / "tiny-llama")
+    _make_adapter(tmp_path / "lora", "HuggingFaceTB/SmolLM2-360M")
+    spec = spec_from_dict({
+        "name": "adapter-test", "subject": {"kind": "text-generator", "source": "hf", "path": str(base)},
+        "probes": [{"id": "test.per_variant"}], "variants": [{"name": "lora", "adapter": "lora"}],
+        "settings": {"device": "cpu"}}, base_dir=tmp_path)
+    with pytest.raises(InputError) as err:
+        run(spec, tmp_path / "out")
+    msg = str(err.value)
+    assert "variants[0] ('lora')" in msg and "'HuggingFaceTB/SmolLM2-360M'" in msg and str(base) in msg
+
+
+def test_adapter_variant_runs_and_hashes_its_files(tmp_path):
+    from tests.fakes import save_tiny_model
+    from tests.test_adapters import _make_adapter
+
+    base = save_tiny_model(tmp_path / "tiny-llama")
+    _make_adapter(tmp_path / "lora", str(base))
+    spec = spec_from_dict({
+        "name": "adapter-test", "subject": {"kind": "text-generator", "source": "hf", "path": str(base)},
+        "probes": [{"id": "test.per_variant"}], "variants": [{"name": "lora", "adapter": "lora"}],
+        "settings": {"device": "cpu"}}, base_dir=tmp_path)
+    r = run(spec, tmp_path / "out").report
+    files = {f.path for f in r.variants[0].subject.files}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model.safetensors"} <= files
+    assert {f.path for f in r.subject.files} == {"model.safetensors"}
+
+
+# -- GPU ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_lora_against_qlora_on_a_tiny_model(tmp_path):
+    """LoRA on the float base against the same adapter on the bnb-nf4 base (QLoRA), on a GPU."""
+    pytest.importorskip("bitsandbytes")
+    from tests.fakes import save_tiny_model
+    from tests.test_adapters import _make_adapter
+
+    base = save_tiny_model(tmp_path / "tiny-llama")
+    _make_adapter(tmp_path / "lora", str(base))
+    spec = make_spec(tmp_path, REAL_PROBES[:1], [
+        {"name": "lora", "source": "hf", "path": str(base), "adapter": "lora"},
+        {"name": "qlora", "source": "hf", "path": str(base), "adapter": "lora", "quantization": "bnb-nf4"},
+    ], settings={"device": "cuda", "seed": 3})
+    r = run(spec, tmp_path / "out").report
+    lora = r.finding("quality.perplexity/perplexity", "lora")
+    qlora = r.finding("quality.perplexity/perplexity", "qlora")
+    assert r.variants[1].subject.details["quantization"] == "bnb-nf4"
+    assert qlora.delta is not None and lora.delta is not None
+    assert qlora.value == pytest.approx(lora.value, rel=0.2) and qlora.value != lora.value
