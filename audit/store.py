@@ -58,7 +58,17 @@ from audit.store_db import (
     sqlite_on_begin,
     sqlite_on_connect,
 )
-from audit.store_schema import AuditRow, Base, FindingRow, MetricPoint, StoredAudit, audit_row, parse_created_at, to_stored
+from audit.store_schema import (
+    AuditRow,
+    Base,
+    FindingRow,
+    MetricPoint,
+    StoredAudit,
+    audit_row,
+    migrate,
+    parse_created_at,
+    to_stored,
+)
 
 __all__ = [
     "REPORT_FILES",
@@ -119,6 +129,7 @@ class ReportStore:
         try:
             # The first connection is made here, so this is where a bad file or server shows.
             self._retry(lambda: Base.metadata.create_all(self._write_engine), what="open")
+            self._retry(lambda: migrate(self._write_engine), what="open")  # columns newer than the store
         except BaseException:
             self._engine.dispose()
             raise
@@ -367,12 +378,13 @@ class ReportStore:
         """
         return list(self.get(run_id).findings)
 
-    def metric_history(self, subject_name: str, metric_key: str) -> list[MetricPoint]:
+    def metric_history(self, subject_name: str, metric_key: str, *, variant: str | None = None) -> list[MetricPoint]:
         """The values of one metric of one subject across stored audits, oldest first.
 
         Args:
             subject_name: the subject's name (``report.subject.name``).
             metric_key: the finding key, ``probe/metric`` or ``probe/metric[k=v,...]``.
+            variant: the variant's findings (``spec.variants``) instead of the subject's own.
 
         Returns:
             ``(created_at, value, ci_low, ci_high, run_id)`` tuples; value and bounds are None
@@ -381,7 +393,8 @@ class ReportStore:
         query = (
             select(AuditRow.created_at, FindingRow.value, FindingRow.ci_low, FindingRow.ci_high, AuditRow.run_id)
             .join(AuditRow, FindingRow.audit_id == AuditRow.id)
-            .where(FindingRow.subject_name == subject_name, FindingRow.key == metric_key)
+            .where(FindingRow.subject_name == subject_name, FindingRow.key == metric_key,
+                   FindingRow.variant.is_(None) if variant is None else FindingRow.variant == variant)
             .order_by(AuditRow.created_at, AuditRow.id)
         )
         rows = self._read(lambda s: s.execute(query).all(), what="read metric history")

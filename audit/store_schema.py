@@ -3,7 +3,12 @@
 * ``audits``: one row per report (``run_id`` unique), with the summary columns the history
   view filters on and the exact report JSON.
 * ``findings``: one row per finding, so that the trend of one metric over releases is one
-  indexed query instead of parsing every report.
+  indexed query instead of parsing every report. ``variant`` names the variant of the
+  subject a finding was measured on (``spec.variants``), NULL for the subject itself; the
+  queries read the subject's findings unless asked for a variant.
+
+Stores made before a column existed are brought up to date when opened (:func:`migrate`:
+added columns only, nullable, so an older genai-audit still reads the store).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from audit.errors import InputError
 from audit.findings import AuditReport, Finding
 
 __all__ = ["AuditRow", "Base", "FindingRow", "MetricPoint", "StoredAudit", "audit_row", "finding_row",
-           "parse_created_at", "to_stored"]
+           "migrate", "parse_created_at", "to_stored"]
 
 
 # -- records handed out ---------------------------------------------------------------------
@@ -135,6 +140,8 @@ class FindingRow(Base):
     ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
     ci_method: Mapped[str | None] = mapped_column(String(128), nullable=True)
     n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The variant of the subject (spec.variants); NULL for the subject itself and in stores from before 1.1.
+    variant: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     audit: Mapped[AuditRow] = relationship(back_populates="findings")
 
@@ -174,7 +181,28 @@ def finding_row(f: Finding, subject_name: str) -> FindingRow:
         ci_high=finite(f.ci.high) if f.ci is not None else None,
         ci_method=f.ci.method if f.ci is not None else None,
         n=f.n,
+        variant=f.variant,
     )
+
+
+#: Columns added after a store's first release: (table, column, SQL type); nullable, no default.
+_ADDED_COLUMNS = (("findings", "variant", "VARCHAR(64)"),)
+
+
+def migrate(engine: Any) -> list[str]:
+    """Add the columns of :data:`_ADDED_COLUMNS` that a store made by an older version lacks;
+    returns ``table.column`` of each one added."""
+    from sqlalchemy import inspect, text
+
+    added = []
+    with engine.begin() as conn:
+        insp = inspect(conn)
+        tables = set(insp.get_table_names())
+        for table, column, sql_type in _ADDED_COLUMNS:
+            if table in tables and column not in {c["name"] for c in insp.get_columns(table)}:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+                added.append(f"{table}.{column}")
+    return added
 
 
 
@@ -221,7 +249,7 @@ def audit_row(report: AuditReport, *, sha256: str, created_at: _dt.datetime, rep
         ingested_at=_dt.datetime.now(_dt.timezone.utc),
         schema_version=report.schema_version,
     )
-    # Rows of the subject's findings only: the rows feed metric histories keyed by finding key,
-    # where a variant's value would pass for the subject's (variants stay in report_json).
-    row.findings = [finding_row(f, report.subject.name) for f in report.findings if f.variant is None]
+    # Every finding, variants' with their name: the queries read the subject's rows (variant NULL)
+    # unless asked for a variant, so a variant's value never passes for the subject's.
+    row.findings = [finding_row(f, report.subject.name) for f in report.findings]
     return row

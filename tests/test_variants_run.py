@@ -336,3 +336,55 @@ def test_lora_against_qlora_on_a_tiny_model(tmp_path):
     assert r.variants[1].subject.details["quantization"] == "bnb-nf4"
     assert qlora.delta is not None and lora.delta is not None
     assert qlora.value == pytest.approx(lora.value, rel=0.2) and qlora.value != lora.value
+
+
+# -- store, gates, diff: the subject's findings unless a variant is named ---------------------------
+
+
+def _report_with_variant(run_id: str, created: str, base: float, var: float):
+    from audit.findings import SubjectIdentity
+
+    s = SubjectIdentity(name="m", kind="text-generator", source="python")
+    fs = (Finding("quality.perplexity", "perplexity", base, False),
+          Finding("quality.perplexity", "perplexity", var, False, variant="int8"))
+    return AuditReport("a", s, findings=fs, run_id=run_id, created_at=created)
+
+
+def test_store_keeps_variants_apart_and_an_old_store_is_migrated(tmp_path):
+    import sqlite3
+
+    from audit.store import ReportStore
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with ReportStore(url) as st:
+        st.ingest(_report_with_variant("r1", "2025-01-01T00:00:00+00:00", 10.0, 11.0))
+    con = sqlite3.connect(tmp_path / "old.db")  # make it a store from before variants
+    con.execute("ALTER TABLE findings DROP COLUMN variant")
+    con.commit()
+    assert "variant" not in {r[1] for r in con.execute("PRAGMA table_info(findings)")}
+    con.close()
+    with ReportStore(url) as st:  # opens, gains the column; its rows read as the subject's
+        st.ingest(_report_with_variant("r2", "2025-02-01T00:00:00+00:00", 12.0, 13.0))
+        key = "quality.perplexity/perplexity"
+        assert [(p.run_id, p.value) for p in st.metric_history("m", key)] == [("r1", 10.0), ("r1", 11.0),
+                                                                              ("r2", 12.0)]
+        assert [(p.run_id, p.value) for p in st.metric_history("m", key, variant="int8")] == [("r2", 13.0)]
+        assert st.get("r2").finding(key, "int8").value == 13.0
+    con = sqlite3.connect(tmp_path / "old.db")
+    assert con.execute("SELECT variant FROM findings ORDER BY id").fetchall() == [(None,), (None,), (None,),
+                                                                                  ("int8",)]
+    con.close()
+
+
+def test_gates_and_diff_read_the_subjects_findings_unless_a_variant_is_named():
+    from audit.compare import diff_reports
+    from audit.gates import evaluate_gates
+    from audit.spec import GateSpec
+
+    a = _report_with_variant("a", "2025-01-01T00:00:00+00:00", 10.0, 30.0)
+    b = _report_with_variant("b", "2025-02-01T00:00:00+00:00", 10.5, 31.0)
+    gates = [GateSpec(metric="quality.perplexity/perplexity", max=20),
+             GateSpec(metric="quality.perplexity/perplexity", variant="int8", max=20)]
+    assert [g.passed for g in evaluate_gates(gates, b.findings)] == [True, False]
+    (change,) = diff_reports(a, b)
+    assert (change.before.value, change.after.value) == (10.0, 10.5)
