@@ -388,3 +388,32 @@ def test_gates_and_diff_read_the_subjects_findings_unless_a_variant_is_named():
     assert [g.passed for g in evaluate_gates(gates, b.findings)] == [True, False]
     (change,) = diff_reports(a, b)
     assert (change.before.value, change.after.value) == (10.0, 10.5)
+
+
+def test_reference_features_are_computed_once_per_audit(tmp_path, monkeypatch):
+    """Two image-generator 'variants' through quality.image_fidelity and quality.sliced_wasserstein
+    (same extractor): the real set's features are made once, and the findings do not change."""
+    import probes.quality.image_fidelity as fidelity
+    from audit.probe import build_probe
+    from tests.image_fakes import write_image_folder
+    from tests.test_image_fidelity import PARAMS, _folder_subject
+
+    ref = write_image_folder(tmp_path / "ref", 24, seed=2)
+    gens = [_folder_subject(write_image_folder(tmp_path / f"gen{i}", 20, seed=i, shift=0.3 * i)) for i in (1, 2)]
+    calls = []
+    real_reader = fidelity.reference_from_folder
+    monkeypatch.setattr(fidelity, "reference_from_folder", lambda *a, **k: calls.append(1) or real_reader(*a, **k))
+    probes = [build_probe("quality.image_fidelity", {**PARAMS, "max_features": 5000}),
+              build_probe("quality.sliced_wasserstein", {"feature": PARAMS["feature"], "n_directions": 16,
+                                                         "n_resamples": 20, "batch_size": 16, "max_features": 5000})]
+
+    def one(subject, probe, memo):
+        ctx = ProbeContext(device="cpu", seed=0, data={"reference": ref}, probe_id=probe.id, memo=memo)
+        return [(f.metric, f.value) for f in probe.run(subject, ctx)]
+
+    memo: dict = {}
+    shared = [one(g, p, memo) for g in gens for p in probes]
+    assert len(calls) == 1  # 2 subjects x 2 probes, one reading of the reference set
+    calls.clear()
+    alone = [one(g, p, {}) for g in gens for p in probes]  # a fresh memo each: read each time
+    assert len(calls) == 4 and shared == alone
