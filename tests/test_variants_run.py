@@ -417,3 +417,70 @@ def test_reference_features_are_computed_once_per_audit(tmp_path, monkeypatch):
     calls.clear()
     alone = [one(g, p, {}) for g in gens for p in probes]  # a fresh memo each: read each time
     assert len(calls) == 4 and shared == alone
+
+
+# -- weights and dtype overrides of classifiers and image generators -------------------------------
+
+
+def make_gan():
+    """``tests.test_variants_run:make_gan``: latents [6] -> images [3, 4, 4] in [-1, 1]."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 48), torch.nn.Tanh(), torch.nn.Unflatten(1, (3, 4, 4)))
+
+
+def test_image_generator_variant_with_other_weights_and_bfloat16(tmp_path):
+    from safetensors.torch import save_file
+
+    from audit.subjects.loading import load_subject
+    from audit.variants_run import targets
+
+    other = make_gan()
+    with torch.no_grad():
+        other[0].weight.mul_(-1)
+    save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
+    spec = spec_from_dict({
+        "name": "gan", "subject": {"kind": "image-generator", "source": "torch", "path": "tests.test_variants_run:make_gan",
+                                   "options": {"latent_shape": [6]}},
+        "probes": [{"id": "test.per_variant"}],
+        "variants": [{"name": "other", "weights": "other.safetensors"}, {"name": "bf16", "dtype": "bfloat16"}]},
+        base_dir=tmp_path)
+    base, w, bf16 = (load_subject(t.subject, base_dir=tmp_path, device="cpu", cache_dir=tmp_path / "c")
+                     for t in targets(spec))
+    images = [torch.cat(list(s.generate(5, seed=1))).float() for s in (base, w, bf16)]
+    assert not torch.equal(images[0], images[1]) and w.identity.files[0].path == "other.safetensors"
+    assert base.identity.files == () and bf16.identity.details["dtype"] == "bfloat16"
+    diff = (images[0] - images[2]).abs()
+    assert 0 < diff.max() <= 3  # bfloat16 rounds the pixels by a few levels of 255 at most
+
+
+def test_classifier_variants_through_the_robustness_probe(tmp_path):
+    """The digits net as float32, with other weights, and int8 (attacked through float gradients)."""
+    from safetensors.torch import save_file
+
+    from audit.demo.digits import DigitsNet
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_file(DigitsNet().state_dict(), str(tmp_path / f"w{seed}.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.rand(24, 1, 8, 8, generator=g), "y": torch.randint(0, 10, (24,), generator=g)},
+               tmp_path / "digits.pt")
+    spec = spec_from_dict({
+        "name": "digits-variants",
+        "subject": {"kind": "classifier", "source": "python", "path": "audit.demo.digits:digits_classifier",
+                    "options": {"weights": "w0.safetensors", "input_shape": [1, 8, 8]}},
+        "data": {"images": "digits.pt"},
+        "probes": [{"id": "robustness.classifier", "params": {"eps": [0.1], "steps": 3, "n_resamples": 100,
+                                                               "per_class": False}}],
+        "variants": [{"name": "w1", "weights": "w1.safetensors"}, {"name": "int8", "quantization": "int8-dynamic"}],
+        "settings": {"device": "cpu"}}, base_dir=tmp_path)
+    r = run(spec, tmp_path / "out").report
+    assert [v.probes["robustness.classifier"].status for v in r.variants] == ["ok", "ok"]
+    w1, int8 = r.variants
+    assert w1.subject.files[0].path == "w1.safetensors" and w1.subject.files != r.subject.files
+    assert int8.subject.files == r.subject.files and int8.subject.details["quantization"] == "int8-dynamic"
+    assert any("float model's gradient" in n for n in int8.notes)
+    key = "robustness.classifier/clean_accuracy"
+    assert {r.finding(key, v).delta is not None for v in ("w1", "int8")} == {True}
+    pgd = r.finding("robustness.classifier/robust_accuracy[attack=pgd,eps=0.1]", "int8")
+    assert pgd is not None and pgd.value <= r.finding(key, "int8").value  # the attack works through float gradients

@@ -231,7 +231,8 @@ class TorchImageGenerator(ImageGenerator):
             b = min(batch_size, n - start)
             while buffer.shape[0] < b:
                 buffer = torch.cat([buffer, torch.randn((LATENT_CHUNK, *self.latent_shape), generator=g)])
-            z, buffer = buffer[:b].to(self.device, non_blocking=True), buffer[b:]
+            # Drawn in float32 whatever the module's dtype (a `dtype: bfloat16` variant sees the same latents).
+            z, buffer = buffer[:b].to(self.device, dtype=self._dtype(), non_blocking=True), buffer[b:]
             with torch.inference_mode():
                 x = self.module(z)
             if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != b:
@@ -239,6 +240,12 @@ class TorchImageGenerator(ImageGenerator):
                                  f"{getattr(x, 'shape', type(x).__name__)}; expected images [{b}, C, H, W]")
             # Stays on the device: the feature extractor reads it there.
             yield ((x.float() - lo) / (hi - lo)).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+    def _dtype(self) -> Any:
+        import torch
+
+        first = next(iter(self.module.parameters()), None) if hasattr(self.module, "parameters") else None
+        return first.dtype if first is not None and first.is_floating_point() else torch.float32
 
     def close(self) -> None:
         self.module = None
@@ -287,7 +294,7 @@ def load_torch_image_generator(spec: SubjectSpec, base_dir: Path, device: Any, c
         name=spec.name or attr.rsplit(".", 1)[-1], kind=spec.kind, source=spec.source, path=spec.path,
         revision=spec.revision, files=files,
         details={"latent_shape": list(shape), "output_range": list(out_range), "n_parameters": n_params,
-                 "device": str(device)},
+                 "dtype": spec.dtype, "device": str(device)},
     )
     return TorchImageGenerator(module, identity, latent_shape=tuple(shape), output_range=out_range, device=device)
 
