@@ -428,6 +428,7 @@ def test_torchrun_end_to_end_through_the_cli_rank_0_alone_writes_and_stores(tmp_
             "data": {"texts": "texts.jsonl"},
             "probes": [{"id": "quality.perplexity", "params": {"max_length": 8, "stride": 4, "n_resamples": 200}}],
             "gates": [{"metric": "quality.perplexity/perplexity", "max": 1.0}],  # fails: exit code 1
+            "variants": [{"name": "again", "dtype": "float32"}],  # runs on every rank the same way
             "settings": {"device": "cpu"}}
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     store = tmp_path / "store.db"
@@ -445,10 +446,14 @@ def test_torchrun_end_to_end_through_the_cli_rank_0_alone_writes_and_stores(tmp_
     with ReportStore(f"sqlite:///{store}") as st:
         assert len(st.list_audits()) == 1, "rank 0 alone ingests"
     single = run_audit(load_spec(tmp_path / "audit.yaml"), out_dir=tmp_path / "single", use_store=False)
-    by_key = {f.key: f for f in single.report.findings}
-    assert len(by_key) == len(report.findings) == 9  # 5 for the corpus, 2 per genre
-    for f in report.findings:
-        g = by_key[f.key]
+    # (energy.footprint, appended for the variants when installed, measures time: not compared.)
+    ppl = [f for f in report.findings if f.probe == "quality.perplexity"]
+    by_key = {(f.key, f.variant): f for f in single.report.findings if f.probe == "quality.perplexity"}
+    assert len(by_key) == len(ppl) == 2 * 9  # 5 for the corpus, 2 per genre; base and variant
+    assert [v.probes["quality.perplexity"].status for v in report.variants] == ["ok"]
+    assert all(f.delta.value == 0 for f in ppl if f.variant == "again")  # the same model
+    for f in ppl:
+        g = by_key[f.key, f.variant]
         assert f.n == g.n and math.isclose(f.value, g.value, rel_tol=1e-6)
         assert math.isclose(f.ci.low, g.ci.low, rel_tol=1e-6) and math.isclose(f.ci.high, g.ci.high, rel_tol=1e-6)
     # Rank 0 writes every document's row once, as a single process does.

@@ -484,3 +484,23 @@ def test_classifier_variants_through_the_robustness_probe(tmp_path):
     assert {r.finding(key, v).delta is not None for v in ("w1", "int8")} == {True}
     pgd = r.finding("robustness.classifier/robust_accuracy[attack=pgd,eps=0.1]", "int8")
     assert pgd is not None and pgd.value <= r.finding(key, "int8").value  # the attack works through float gradients
+
+
+def test_gguf_export_as_a_variant_of_the_transformers_folder(tmp_path):
+    """The tiny model's float32 GGUF beside its transformers folder: the same model, so the same
+    perplexity (delta 0 up to rounding); the note says what a dequantized GGUF does not measure."""
+    from audit.variants_run import GGUF_NOTE
+    from tests.fakes import save_tiny_gguf, save_tiny_model
+
+    base = save_tiny_model(tmp_path / "tiny-llama")
+    save_tiny_gguf(tmp_path / "tiny.gguf")
+    spec = spec_from_dict({
+        "name": "gguf-test", "subject": {"kind": "text-generator", "source": "hf", "path": str(base)},
+        "data": _write_data(tmp_path), "probes": REAL_PROBES[:1],
+        "variants": [{"name": "f32-gguf", "source": "gguf", "path": "tiny.gguf"}],
+        "settings": {"device": "cpu"}}, base_dir=tmp_path)
+    r = run(spec, tmp_path / "out").report
+    (v,) = r.variants
+    assert GGUF_NOTE in v.notes and [f.path for f in v.subject.files] == ["tiny.gguf"]
+    f = r.finding("quality.perplexity/perplexity", "f32-gguf")
+    assert f.delta.value == pytest.approx(0.0, abs=1e-4 * f.value)
