@@ -118,6 +118,10 @@ def _run_and_report(spec, out: Path, *, baseline, resume, store_url, no_store, d
     for pid, st in report.probes.items():
         if st.status == "failed":
             _echo_err(f"error: probe {pid} failed: {st.error}")
+    for v in report.variants:
+        for pid, st in v.probes.items():
+            if st.status == "failed":
+                _echo_err(f"error: probe {pid} failed on variant {v.name}: {st.error}")
     return report.exit_code
 
 

@@ -504,3 +504,31 @@ def test_gguf_export_as_a_variant_of_the_transformers_folder(tmp_path):
     assert GGUF_NOTE in v.notes and [f.path for f in v.subject.files] == ["tiny.gguf"]
     f = r.finding("quality.perplexity/perplexity", "f32-gguf")
     assert f.delta.value == pytest.approx(0.0, abs=1e-4 * f.value)
+
+
+def test_bitsandbytes_missing_names_the_extra():
+    import importlib.util
+
+    from audit.errors import MissingDependencyError
+    from audit.subjects.quantize import check_quantization
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    with pytest.raises(MissingDependencyError, match=r"quantization"):
+        check_quantization("bnb-8bit", kind="text-generator", source="hf", device="cuda")
+
+
+def test_cli_names_the_variant_a_probe_failed_on(tmp_path, capsys):
+    import yaml
+
+    from audit.cli import main
+
+    spec = {"name": "cli-variants", "subject": {"kind": "text-generator", "source": "python",
+                                                "path": "tests.test_variants_run:make_lm", "name": "tiny"},
+            "probes": [{"id": "test.per_variant", "params": {"crash_on": "[seed1]"}}],
+            "variants": [{"name": "seed1", "options": {"seed": 1}}], "settings": {"device": "cpu"}}
+    (tmp_path / "audit.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(tmp_path / "audit.yaml"), "--out", str(tmp_path / "out"), "--no-store"])
+    assert exc.value.code == 3
+    assert "probe test.per_variant failed on variant seed1: RuntimeError: boom on tiny [seed1]" in capsys.readouterr().err
