@@ -249,6 +249,7 @@ def test_int8_classifier_logits_are_int8_and_gradients_the_float_models():
     reference((xf - 0.5) / 0.25)[:, 1].sum().backward()
     torch.testing.assert_close(xg.grad, xf.grad)  # backward: the float model's gradient
     assert clf.identity.details["gradients"] == STE_NOTE
+    assert clf.model.footprint_module is clf.model.quantized  # energy.footprint counts the int8 model only
     with torch.no_grad():  # no gradient asked: only the int8 model runs
         torch.testing.assert_close(clf.logits(x), expected, rtol=0, atol=0)
 

@@ -175,6 +175,12 @@ def StraightThroughLogits(quantized: Any, reference: Any) -> Any:  # noqa: N802 
                 self.quantized = quantized
                 self.reference = reference
 
+            @property
+            def footprint_module(self) -> Any:
+                """What would be deployed (energy.footprint counts it): the int8 model, not the float
+                reference kept for gradients."""
+                return self.quantized
+
             def forward(self, x: Any) -> Any:
                 if not (torch.is_grad_enabled() and x.requires_grad):
                     return self.quantized(x)
