@@ -19,6 +19,7 @@ from audit.findings import AuditReport, Finding, Units
 from audit.probe import ProbeContext, registry
 from audit.runner import run_audit
 from audit.spec import spec_from_dict
+from audit.variants_run import FOOTPRINT_NOTE
 from tests.fakes import TRAIN_TEXT, tiny_causal_lm, tiny_text_generator, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,7 +67,21 @@ def _write_data(tmp_path: Path) -> dict[str, str]:
     return {"texts": "texts.jsonl", "prompts": "prompts.jsonl"}
 
 
-def make_spec(tmp_path: Path, probes, variants, **extra):
+#: energy.footprint at its cheapest: the runner appends it (default parameters) to a spec with
+#: variants that lacks it; tests that are not about it list it like this to stay fast.
+FAST_FOOTPRINT = {"id": "energy.footprint", "params": {"warmup_calls": 0, "repeats": 2, "min_window_s": 0.0,
+                                                       "max_calls_per_window": 1, "n_resamples": 100}}
+
+
+def fast(probes):
+    """``probes`` and, where it is installed, a cheap energy.footprint."""
+    return [*probes, FAST_FOOTPRINT] if "energy.footprint" in registry else list(probes)
+
+
+def make_spec(tmp_path: Path, probes, variants, *, footprint: bool = False, **extra):
+    """The tiny text generator's spec; ``footprint`` False lists a cheap energy.footprint
+    (else the runner appends it with default parameters)."""
+    probes = list(probes) if footprint else fast(probes)
     return spec_from_dict({
         "name": "variants-test",
         "subject": {"kind": "text-generator", "source": "python", "path": "tests.test_variants_run:make_lm",
@@ -94,7 +109,7 @@ VARIANTS = [{"name": "seed1", "options": {"seed": 1}}, {"name": "int8", "quantiz
 @pytest.fixture(scope="module")
 def two_variant_audit(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("variants")
-    spec = make_spec(tmp, REAL_PROBES, VARIANTS)
+    spec = make_spec(tmp, REAL_PROBES, VARIANTS, footprint=True)  # appended by the runner, if installed
     return spec, run(spec, tmp / "out")
 
 
@@ -102,10 +117,14 @@ def test_every_probe_runs_on_the_base_and_on_each_variant(two_variant_audit):
     spec, res = two_variant_audit
     r = res.report
     assert [v.name for v in r.variants] == ["seed1", "int8"]
+    ran = [p["id"] for p in REAL_PROBES]
+    if "energy.footprint" in registry:  # appended for the variants, and said so
+        ran.append("energy.footprint")
+        assert all(FOOTPRINT_NOTE in v.notes for v in r.variants)
+    assert [p["id"] for p in r.spec["probes"]] == ran
     for v in r.variants:
-        assert {pid: st.status for pid, st in v.probes.items()} == {
-            "quality.perplexity": "ok", "quality.text_diversity": "ok"}
-    assert set(r.probes) == {"quality.perplexity", "quality.text_diversity"}  # the base's
+        assert {pid: st.status for pid, st in v.probes.items()} == dict.fromkeys(ran, "ok")
+    assert list(r.probes) == ran  # the base's
     by_variant = {name: [f for f in r.findings if f.variant == name] for name in (None, "seed1", "int8")}
     base_keys = [f.key for f in by_variant[None]]
     assert base_keys and all([f.key for f in fs] == base_keys for fs in by_variant.values())
@@ -116,12 +135,13 @@ def test_every_probe_runs_on_the_base_and_on_each_variant(two_variant_audit):
             if math.isfinite(b.value) and math.isfinite(f.value):
                 assert f.delta.value == pytest.approx(f.value - b.value)
     ppl = {name: r.finding("quality.perplexity/perplexity", name).value for name in (None, "seed1", "int8")}
+    int8_ppl = r.finding("quality.perplexity/perplexity", "int8")
+    assert int8_ppl.delta.paired and int8_ppl.delta.ci is not None  # units reach the deltas through the runner
     assert ppl["seed1"] != ppl[None]  # another model
     assert ppl["int8"] == pytest.approx(ppl[None], rel=0.05) and ppl["int8"] != ppl[None]  # int8 rounds a little
     # Findings in probe-major order: each probe's base findings, then each variant's.
     order = [(f.probe, f.variant) for f in r.findings]
-    assert order == sorted(order, key=lambda pv: ([p["id"] for p in REAL_PROBES].index(pv[0]),
-                                                   [None, "seed1", "int8"].index(pv[1])))
+    assert order == sorted(order, key=lambda pv: (ran.index(pv[0]), [None, "seed1", "int8"].index(pv[1])))
     assert r.exit_code == 0
 
 
@@ -143,7 +163,7 @@ def test_same_seed_per_probe_on_every_variant_and_shared_set_up_once(tmp_path):
     CALLS.clear()
     spec = make_spec(tmp_path, [{"id": "test.per_variant"}], VARIANTS[:1] + [{"name": "seed2", "options": {"seed": 2}}])
     r = run(spec, tmp_path / "out").report
-    values = {f.variant: f.value for f in r.findings}
+    values = {f.variant: f.value for f in r.findings if f.probe == "test.per_variant"}
     assert set(values) == {None, "seed1", "seed2"} and len(set(values.values())) == 1  # same child seed
     assert CALLS["set-up"] == 1  # ctx.shared: once per audit, not per variant
     assert {CALLS[n] for n in ("tiny", "tiny [seed1]", "tiny [seed2]")} == {1}
@@ -185,7 +205,7 @@ def test_resume_reuses_what_each_variant_finished_and_units_survive(tmp_path):
 def test_footprint_is_added_when_variants_are_audited_and_registered(tmp_path, monkeypatch):
     from audit import variants_run
 
-    spec = make_spec(tmp_path, [{"id": "test.per_variant"}], VARIANTS[:1])
+    spec = make_spec(tmp_path, [{"id": "test.per_variant"}], VARIANTS[:1], footprint=True)
     monkeypatch.setattr(variants_run, "FOOTPRINT_PROBE", "test.per_variant")  # listed already: nothing added
     assert variants_run.with_default_footprint(spec) == (spec, False)
     monkeypatch.setattr(variants_run, "FOOTPRINT_PROBE", "test.constant_for_footprint")
@@ -198,7 +218,7 @@ def test_footprint_is_added_when_variants_are_audited_and_registered(tmp_path, m
     assert added.base_dir == spec.base_dir
     r = run(added, tmp_path / "out").report  # the runner does the same: here with the stand-in probe
     assert r.finding("test.constant_for_footprint/score", "seed1") is not None
-    no_variants = make_spec(tmp_path, [{"id": "test.per_variant"}], [])
+    no_variants = make_spec(tmp_path, [{"id": "test.per_variant"}], [], footprint=True)
     assert variants_run.with_default_footprint(no_variants) == (no_variants, False)
 
 
@@ -291,7 +311,7 @@ def test_adapter_variant_for_another_base_names_both_models_before_loading(tmp_p
     _make_adapter(tmp_path / "lora", "HuggingFaceTB/SmolLM2-360M")
     spec = spec_from_dict({
         "name": "adapter-test", "subject": {"kind": "text-generator", "source": "hf", "path": str(base)},
-        "probes": [{"id": "test.per_variant"}], "variants": [{"name": "lora", "adapter": "lora"}],
+        "probes": fast([{"id": "test.per_variant"}]), "variants": [{"name": "lora", "adapter": "lora"}],
         "settings": {"device": "cpu"}}, base_dir=tmp_path)
     with pytest.raises(InputError) as err:
         run(spec, tmp_path / "out")
@@ -307,7 +327,7 @@ def test_adapter_variant_runs_and_hashes_its_files(tmp_path):
     _make_adapter(tmp_path / "lora", str(base))
     spec = spec_from_dict({
         "name": "adapter-test", "subject": {"kind": "text-generator", "source": "hf", "path": str(base)},
-        "probes": [{"id": "test.per_variant"}], "variants": [{"name": "lora", "adapter": "lora"}],
+        "probes": fast([{"id": "test.per_variant"}]), "variants": [{"name": "lora", "adapter": "lora"}],
         "settings": {"device": "cpu"}}, base_dir=tmp_path)
     r = run(spec, tmp_path / "out").report
     files = {f.path for f in r.variants[0].subject.files}
@@ -387,8 +407,9 @@ def test_gates_and_diff_read_the_subjects_findings_unless_a_variant_is_named():
     gates = [GateSpec(metric="quality.perplexity/perplexity", max=20),
              GateSpec(metric="quality.perplexity/perplexity", variant="int8", max=20)]
     assert [g.passed for g in evaluate_gates(gates, b.findings)] == [True, False]
-    (change,) = diff_reports(a, b)
-    assert (change.before.value, change.after.value) == (10.0, 10.5)
+    base, int8 = diff_reports(a, b)  # variant by variant, never a variant against the subject
+    assert (base.variant, base.before.value, base.after.value) == (None, 10.0, 10.5)
+    assert (int8.variant, int8.before.value, int8.after.value) == ("int8", 30.0, 31.0)
 
 
 def test_reference_features_are_computed_once_per_audit(tmp_path, monkeypatch):
@@ -471,8 +492,8 @@ def test_classifier_variants_through_the_robustness_probe(tmp_path):
         "subject": {"kind": "classifier", "source": "python", "path": "audit.demo.digits:digits_classifier",
                     "options": {"weights": "w0.safetensors", "input_shape": [1, 8, 8]}},
         "data": {"images": "digits.pt"},
-        "probes": [{"id": "robustness.classifier", "params": {"eps": [0.1], "steps": 3, "n_resamples": 100,
-                                                               "per_class": False}}],
+        "probes": fast([{"id": "robustness.classifier", "params": {"eps": [0.1], "steps": 3, "n_resamples": 100,
+                                                                    "per_class": False}}]),
         "variants": [{"name": "w1", "weights": "w1.safetensors"}, {"name": "int8", "quantization": "int8-dynamic"}],
         "settings": {"device": "cpu"}}, base_dir=tmp_path)
     r = run(spec, tmp_path / "out").report
@@ -497,7 +518,7 @@ def test_gguf_export_as_a_variant_of_the_transformers_folder(tmp_path):
     save_tiny_gguf(tmp_path / "tiny.gguf")
     spec = spec_from_dict({
         "name": "gguf-test", "subject": {"kind": "text-generator", "source": "hf", "path": str(base)},
-        "data": _write_data(tmp_path), "probes": REAL_PROBES[:1],
+        "data": _write_data(tmp_path), "probes": fast(REAL_PROBES[:1]),
         "variants": [{"name": "f32-gguf", "source": "gguf", "path": "tiny.gguf"}],
         "settings": {"device": "cpu"}}, base_dir=tmp_path)
     r = run(spec, tmp_path / "out").report
@@ -526,7 +547,7 @@ def test_cli_names_the_variant_a_probe_failed_on(tmp_path, capsys):
 
     spec = {"name": "cli-variants", "subject": {"kind": "text-generator", "source": "python",
                                                 "path": "tests.test_variants_run:make_lm", "name": "tiny"},
-            "probes": [{"id": "test.per_variant", "params": {"crash_on": "[seed1]"}}],
+            "probes": fast([{"id": "test.per_variant", "params": {"crash_on": "[seed1]"}}]),
             "variants": [{"name": "seed1", "options": {"seed": 1}}], "settings": {"device": "cpu"}}
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     with pytest.raises(SystemExit) as exc:
