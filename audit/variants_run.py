@@ -129,7 +129,9 @@ def _check_adapter_base(s: SubjectSpec, base_dir: Path) -> None:
         base = str(json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or "")
     except (OSError, ValueError, AttributeError):
         return  # a missing or unreadable folder is reported, with its reason, when it loads
-    if base and not adapter_base_matches(base, [s.path]):
+    if base and Path(base).expanduser().exists():
+        return  # a local folder (e.g. a converted GGUF): the load-time check compares it with the model's own path
+    if base and not adapter_base_matches(base, [s.path, s.name or ""]):
         raise InputError(f"the adapter {config.parent} was trained on '{base}', but the subject is '{s.path}'; "
                          f"apply an adapter to the base model it was trained on")
 
