@@ -41,7 +41,7 @@ from audit.findings import Finding, ProbeStatus, SubjectIdentity, VariantRecord
 from audit.spec import BASE_VARIANT, AuditSpec, ProbeSpec, SubjectSpec, VariantSpec
 
 __all__ = ["FOOTPRINT_PROBE", "FOOTPRINT_NOTE", "GGUF_NOTE", "LazySubject", "Target", "check_variants",
-           "order_findings", "targets", "variant_records", "with_default_footprint"]
+           "order_findings", "tag_findings", "targets", "variant_records", "with_default_footprint"]
 
 _IDENTITY = TypeAdapter(SubjectIdentity)
 
