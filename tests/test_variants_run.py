@@ -208,9 +208,13 @@ def test_footprint_is_added_when_variants_are_audited_and_registered(tmp_path, m
     assert variants_run.with_default_footprint(spec) == (spec, False)
     monkeypatch.setattr(variants_run, "FOOTPRINT_PROBE", "test.constant_for_footprint")
     assert variants_run.with_default_footprint(spec) == (spec, False)  # not registered: nothing added
+    from dataclasses import dataclass
+
     from tests.probes_for_tests import Constant
 
-    registry.register("test.constant_for_footprint", Constant, replace=True)
+    # A subclass: the registry names the class it registers, and Constant must stay test.constant.
+    registry.register("test.constant_for_footprint", dataclass(frozen=True)(type("FootprintStandIn", (Constant,), {})),
+                      replace=True)
     added, yes = variants_run.with_default_footprint(spec)
     assert yes and [p.id for p in added.probes] == ["test.per_variant", "test.constant_for_footprint"]
     assert added.base_dir == spec.base_dir
