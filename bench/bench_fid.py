@@ -5,7 +5,9 @@ resize, no antialias). Weights: ``--inception-weights PATH`` (the real ones), el
 weights built in code (the speed and the agreement of the two values do not depend on them).
 Images: uint8 noise fields generated in memory ahead of timing (``--size``), fed in
 ``--batch-size`` batches to both; each side's images/s covers features + statistics + the
-final distance. Prints both values, their relative difference, and the speed ratio.
+final distance. The two alternate in each of ``--repeats`` rounds; prints both values, their
+relative difference (equal within 1e-3), the size, the load, and the min and median over the
+rounds of the speed ratio.
 
     .venv/bin/python bench/bench_fid.py --device cuda --n 10000 --batch-size 500   # H100 (the goal: >= 2x)
     .venv/bin/python bench/bench_fid.py --device cpu --n 64 --batch-size 32        # a CPU smoke run
@@ -14,7 +16,6 @@ final distance. Prints both values, their relative difference, and the speed rat
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ratios import alternate, load_avg, ratio_line, ratio_stats  # noqa: E402
 
 
 def _random_inception_weights(folder: Path) -> Path:
@@ -111,38 +114,33 @@ def main() -> None:
                 tm.update(xb.to(device, non_blocking=True), real=False)
             return float(tm.compute())
 
-        # Alternate the two, best of --repeats each: a busy machine's noise hits both alike.
-        times: dict[str, list[float]] = {"ours": [], "tm": []}
-        values: dict[str, float] = {}
-        for _ in range(args.repeats):
-            for key, fn in (("ours", run_ours), ("tm", run_tm)):
-                _sync(device)
-                t0 = time.perf_counter()
-                values[key] = fn()
-                _sync(device)
-                times[key].append(time.perf_counter() - t0)
+        # The two alternate in each round: a busy machine's noise hits both alike.
+        times, values = alternate({"ours": run_ours, "tm": run_tm}, repeats=args.repeats, warmup=False,
+                                  sync=lambda: _sync(device))
         ours, theirs = values["ours"], values["tm"]
         t_ours, t_tm = min(times["ours"]), min(times["tm"])
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     ips_ours, ips_tm = 2 * n / t_ours, 2 * n / t_tm
-    print(f"device: {name}; {n} images per side, {args.size}x{args.size} -> 299x299, batch {bs}")
-    print(f"ours         FID {ours:.6e}  {t_ours:8.2f} s  {ips_ours:9.1f} images/s")
-    print(f"torchmetrics FID {theirs:.6e}  {t_tm:8.2f} s  {ips_tm:9.1f} images/s")
+    ratio = ratio_stats(times["ours"], times["tm"])
     rel = abs(ours - theirs) / max(abs(theirs), 1e-12)
-    print(f"relative difference {rel:.2e}; speed ratio {ips_ours / ips_tm:.2f}x (min of {args.repeats}), "
-          f"{statistics.median(times['tm']) / statistics.median(times['ours']):.2f}x (median)")
+    equal = rel <= 1e-3
+    print(f"device: {name}; {n} images per side, {args.size}x{args.size} -> 299x299, batch {bs}; "
+          f"load {load_avg()}")
+    print(f"ours         FID {ours:.6e}  {t_ours:8.2f} s  {ips_ours:9.1f} images/s (best of {args.repeats})")
+    print(f"torchmetrics FID {theirs:.6e}  {t_tm:8.2f} s  {ips_tm:9.1f} images/s (best of {args.repeats})")
+    print(ratio_line("ours / torchmetrics", ratio, 2.0))
+    print(f"  relative difference {rel:.2e}: values {'equal' if equal else 'NOT equal'} within 1e-3")
     if args.json_out:
         import json
-        import os
 
         args.json_out.write_text(json.dumps({
             "device": name, "n": n, "size": args.size, "batch_size": bs, "repeats": args.repeats,
-            "fid_ours": ours, "fid_torchmetrics": theirs, "rel_diff": rel, "equal_within_1e-3": rel <= 1e-3,
-            "images_per_s": {"ours": ips_ours, "torchmetrics": ips_tm}, "ratio": ips_ours / ips_tm,
-            "ratio_median": statistics.median(times["tm"]) / statistics.median(times["ours"]),
-            "seconds": times, "load_1min": os.getloadavg()[0], "goal": 2.0}, indent=2))
-
+            "fid_ours": ours, "fid_torchmetrics": theirs, "rel_diff": rel, "equal_within_1e-3": equal,
+            "values_equal": equal, "images_per_s": {"ours": ips_ours, "torchmetrics": ips_tm},
+            "ratio": ratio["median"], "ratio_median": ratio["median"], "ratio_min": ratio["min"],
+            "ratio_rounds": ratio["per_round"], "seconds": times, "load_avg": load_avg(),
+            "load_1min": (load_avg() or [None])[0], "goal": 2.0}, indent=2))
 
 if __name__ == "__main__":
     main()

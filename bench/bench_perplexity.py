@@ -16,7 +16,8 @@ Usage (CPU, small; GPU: add ``--device cuda --tokens 200000 --max-length 1024 --
     .venv/bin/python bench/bench_perplexity.py --tokens 4096 --max-length 256 --stride 128
     .venv/bin/python bench/bench_perplexity.py --device cuda --autocast bfloat16 ...
 
-Prints tokens/s of both, the ratio, and both perplexities with their relative difference.
+Prints the size and load, tokens/s of both, the min and median over ``--repeats`` alternating
+rounds of the ratio, and both perplexities with their relative difference.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from audit.subjects.loading import load_subject  # noqa: E402
 from audit.spec import SubjectSpec  # noqa: E402
 from audit.subjects.textdata import read_documents  # noqa: E402
 from probes.quality.functional import causal_lm_scorer, windowed_token_logprobs  # noqa: E402
+from ratios import alternate, load_avg, ratio_line, ratio_stats  # noqa: E402
 
 
 def recipe_perplexity(model, input_ids: torch.Tensor, max_length: int, stride: int, device) -> tuple[float, int]:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (ours)")
     ap.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
                     help="also time ours under autocast (values differ by ~1e-2; not the equality check)")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved timings of each; the median is kept")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds; min and median of the ratios")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "genai-audit"))
     ap.add_argument("--json", action="store_true", help="print the result as JSON too")
@@ -142,29 +144,29 @@ def main(argv: list[str] | None = None) -> dict:
     ours_perplexity(scorer, short, max_length=args.max_length, stride=args.stride, batch_size=args.batch_size,
                     pad_id=pad_id, device=device)
 
-    # Interleaved repeats, median time: on a shared machine the load drifts, and alternating
-    # the two keeps the drift out of the ratio.
-    t_recipes, t_ourss = [], []
-    for _ in range(args.repeats):
-        (ppl_recipe, n_recipe), t = timed(
-            lambda: recipe_perplexity(model, input_ids, args.max_length, args.stride, device), device)
-        t_recipes.append(t)
-        (ppl_ours, n_ours), t = timed(
-            lambda: ours_perplexity(scorer, ids, max_length=args.max_length, stride=args.stride,
-                                    batch_size=args.batch_size, pad_id=pad_id, device=device), device)
-        t_ourss.append(t)
+    # The two alternate in each round: on a shared machine the load drifts, and alternating
+    # keeps the drift out of each round's ratio.
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    times, out = alternate({
+        "recipe": lambda: recipe_perplexity(model, input_ids, args.max_length, args.stride, device),
+        "ours": lambda: ours_perplexity(scorer, ids, max_length=args.max_length, stride=args.stride,
+                                        batch_size=args.batch_size, pad_id=pad_id, device=device),
+    }, repeats=args.repeats, warmup=False, sync=sync)
+    (ppl_recipe, n_recipe), (ppl_ours, n_ours) = out["recipe"], out["ours"]
+    t_recipes, t_ourss = times["recipe"], times["ours"]
     t_recipe, t_ours = statistics.median(t_recipes), statistics.median(t_ourss)
     if n_ours != n_recipe:
         raise SystemExit(f"token counts differ: recipe {n_recipe}, ours {n_ours}")
     rel = abs(ppl_ours - ppl_recipe) / ppl_recipe
+    ratio = ratio_stats(t_ourss, t_recipes)
     result = {
         "device": str(device), "threads": torch.get_num_threads(), "tokens": n_ours, "repeats": args.repeats,
         "max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size,
         "recipe_tokens_per_s": n_recipe / t_recipe, "ours_tokens_per_s": n_ours / t_ours,
-        "speedup": t_recipe / t_ours, "speedup_min": min(t_recipes) / min(t_ourss),
+        "speedup": ratio["median"], "speedup_min": ratio["min"], "ratio_rounds": ratio["per_round"],
         "recipe_s": {"min": min(t_recipes), "median": t_recipe}, "ours_s": {"min": min(t_ourss), "median": t_ours},
-        "load_1min": os.getloadavg()[0], "ppl_recipe": ppl_recipe, "ppl_ours": ppl_ours, "rel_diff": rel,
-        "equal_within_1e-4": rel <= 1e-4,
+        "load_avg": load_avg(), "load_1min": (load_avg() or [None])[0], "ppl_recipe": ppl_recipe,
+        "ppl_ours": ppl_ours, "rel_diff": rel, "equal_within_1e-4": rel <= 1e-4, "values_equal": rel <= 1e-4,
     }
     if args.autocast:
         amp = causal_lm_scorer(model, autocast=args.autocast)
@@ -181,8 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"max_length {args.max_length}, stride {args.stride}")
     print(f"  transformers recipe : {result['recipe_tokens_per_s']:10.1f} tokens/s   ppl {ppl_recipe:.6f}")
     print(f"  genai-audit (bs {args.batch_size:>3}): {result['ours_tokens_per_s']:10.1f} tokens/s   ppl {ppl_ours:.6f}")
-    print(f"  ratio {result['speedup']:.2f}x (median of {args.repeats}), {result['speedup_min']:.2f}x (min); "
-          f"load {result['load_1min']:.1f}")
+    print(ratio_line("ours / recipe", ratio) + f"; load {result['load_avg']}")
     print(f"  relative difference {rel:.2e} "
           f"({'equal' if result['equal_within_1e-4'] else 'NOT equal'} within 1e-4)")
     if args.autocast:

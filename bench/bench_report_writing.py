@@ -2,8 +2,9 @@
 
 Builds one report of ``--findings`` findings over 12 probes (sliced findings with intervals,
 curves, per-document values, a failed gate and a crashed probe: what a real audit carries), then
-times ``render_html``, ``render_markdown`` and ``render_junit`` (the work of ``write_reports``
-besides the JSON), ``--repeats`` times each after a warm-up, and prints min and median.
+times the four writers (``render_html``, ``render_markdown``, ``render_junit`` and the JSON of
+``AuditReport.save``) and the whole ``write_reports`` into a temporary folder, ``--repeats``
+times each after a warm-up, and prints min and median with the load.
 
 The report uses only the public API and the older single ``evidence["curve"]`` shape, so the same
 script times another checkout: run it once here and once with ``--repo`` pointing at another
@@ -22,8 +23,10 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,7 +74,13 @@ def main() -> None:
     out = {"repo": args.repo, "findings": len(report.findings), "import_s": round(import_s, 3),
            "load": os.getloadavg()[0]}
     total_med = 0.0
-    for name, fn in (("html", render_html), ("markdown", render_markdown), ("junit", render_junit)):
+    tmp = Path(tempfile.mkdtemp(prefix="bench-report-"))
+
+    def as_json(r):
+        return r.save(tmp / "report.json").read_text()
+
+    writers = [("html", render_html), ("markdown", render_markdown), ("junit", render_junit), ("json", as_json)]
+    for name, fn in writers:
         fn(report)  # warm-up: templates compiled, fonts and caches loaded
         times = []
         for _ in range(args.repeats):
@@ -82,6 +91,19 @@ def main() -> None:
                      "bytes": len(text.encode())}
         total_med += statistics.median(times)
     out["total_median_s"] = round(total_med, 4)
+    try:
+        from audit.render import write_reports
+    except ImportError:  # an older checkout
+        write_reports = None
+    if write_reports is not None:
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            write_reports(report, tmp / "out")
+            times.append(time.perf_counter() - t)
+        out["write_reports"] = {"min_s": round(min(times), 4), "median_s": round(statistics.median(times), 4)}
+    shutil.rmtree(tmp, ignore_errors=True)
+    out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=1))
 
 

@@ -125,13 +125,16 @@ def summary(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if r.get("attacks"):
         out.update({f"pgd {k}": v for k, v in r["attacks"].get("ratios", {}).items()})
+        out.update({f"pgd {k} min": v for k, v in r["attacks"].get("ratios_min", {}).items()})
         if "values_equal" in r["attacks"]:
             out["pgd values equal"] = r["attacks"]["values_equal"]
     if r.get("fid"):
-        out |= {"fid ours/torchmetrics": r["fid"].get("ratio"), "fid equal": r["fid"].get("equal_within_1e-3")}
+        out |= {"fid ours/torchmetrics": r["fid"].get("ratio"), "fid ours/torchmetrics min": r["fid"].get("ratio_min"),
+                "fid equal": r["fid"].get("equal_within_1e-3")}
     for key in ("perplexity", "perplexity_small_window"):
         if r.get(key):
-            out |= {f"{key} ours/recipe": r[key].get("speedup"), f"{key} equal": r[key].get("equal_within_1e-4")}
+            out |= {f"{key} ours/recipe": r[key].get("speedup"), f"{key} ours/recipe min": r[key].get("speedup_min"),
+                    f"{key} equal": r[key].get("equal_within_1e-4")}
     if r.get("generation"):
         out |= {f"generation {k}": v for k, v in (r["generation"].get("ratios") or {}).items()}
         out["generation outputs equal"] = r["generation"].get("outputs_equal")

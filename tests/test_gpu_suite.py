@@ -27,7 +27,8 @@ def test_the_gpu_suite_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert summary["fid equal"] is True and summary["perplexity equal"] is True
     assert summary["perplexity_small_window equal"] is True
     assert summary["generation outputs equal"] is True
-    assert summary["pgd ours/bare"] > 0
+    assert summary["pgd ours/bare"] > 0 and summary["pgd ours/bare min"] > 0
+    assert summary["pgd values equal"] is True  # no random start: every contender computes the same attack
     # The GPU tests were collected and skipped here (no CUDA), not silently absent.
     assert report["gpu_tests"]["counts"]["tests"] >= 1
     assert report["gpu_tests"]["counts"]["skipped"] == report["gpu_tests"]["counts"]["tests"]
