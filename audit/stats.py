@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import stats as _sps
 
 from audit.findings import Interval
 
@@ -109,6 +108,8 @@ def bootstrap_ci(
     if np.all(x == x[0]):
         v = float(statistic(x))
         return Interval(v, v, _method(f"bootstrap-{method.lower()}", confidence))
+    from scipy import stats as _sps  # here, not at import: scipy.stats costs ~0.5-1 s and most audits never call it
+
     res = _sps.bootstrap(
         (x,), statistic, n_resamples=n_resamples, confidence_level=confidence,
         method=method, vectorized=True, random_state=np.random.default_rng(seed),
@@ -126,7 +127,9 @@ def wilson_interval(successes: int, n: int, *, confidence: float = DEFAULT_CONFI
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
     if n == 0:
         return None
-    z = float(_sps.norm.ppf(1 - (1 - confidence) / 2))
+    from scipy.special import ndtri  # the normal quantile, without importing all of scipy.stats
+
+    z = float(ndtri(1 - (1 - confidence) / 2))
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

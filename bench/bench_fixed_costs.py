@@ -36,7 +36,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.env
        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 _FROM_PRETRAINED = """
-import json, sys, time
+import json, sys, tempfile, time
 t0 = time.perf_counter()
 import transformers
 t1 = time.perf_counter()
@@ -47,7 +47,8 @@ t3 = time.perf_counter()
 from audit.spec import SubjectSpec
 from audit.subjects.loading import load_subject
 t4 = time.perf_counter()
-load_subject(SubjectSpec(kind="text-generator", source="hf", path=sys.argv[1]), device="cpu")
+load_subject(SubjectSpec(kind="text-generator", source="hf", path=sys.argv[1]), device="cpu",
+             cache_dir=tempfile.mkdtemp())
 t5 = time.perf_counter()
 print(json.dumps({"import_transformers_s": t1 - t0, "model_from_pretrained_s": t2 - t1,
                   "tokenizer_from_pretrained_s": t3 - t2, "load_subject_s": t5 - t4}))
