@@ -37,24 +37,27 @@ def detectability_spec(seed: int, threads: int | None) -> AuditSpec:
                                      "gates": [], "settings": settings})
 
 
-def _full_distribution_loader(*args, **kwargs):
-    from audit.subjects.loading import load_subject
+def _top_k_loader(top_k: int):
+    """A loader whose text generators sample from the ``top_k`` most likely tokens only."""
+    def load(*args, **kwargs):
+        from audit.subjects.loading import load_subject
 
-    subject = load_subject(*args, **kwargs)
-    subject.top_k, subject.top_p = None, 1.0
-    return subject
+        subject = load_subject(*args, **kwargs)
+        subject.top_k = top_k
+        return subject
+    return load
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--full-distribution", action="store_true",
-                    help="sample from the whole softmax (no top-k 50), as the probes did before the batched "
-                         "engine (they passed top_k=None, which transformers 5 reads as no top-k)")
+    ap.add_argument("--top-k", type=int, default=None,
+                    help="sample from the K most likely tokens (default: the whole softmax, as the probes do; "
+                         "50 reproduces an earlier version of the engine)")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
-    loader = _full_distribution_loader if args.full_distribution else None
+    loader = _top_k_loader(args.top_k) if args.top_k else None
     per_seed: dict[int, dict[str, dict]] = {}
     for seed in args.seeds:
         t0 = time.perf_counter()
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         s = summary[score]
         print(f"{score}: mean {s['mean']:.3f}, sd {s['sd']:.3f}, range [{s['min']:.3f}, {s['max']:.3f}] "
               f"over {s['seeds']} seeds")
-    out = {"full_distribution": args.full_distribution, "per_seed": per_seed, "summary": summary, "load_1min": os.getloadavg()[0]}
+    out = {"top_k": args.top_k, "per_seed": per_seed, "summary": summary, "load_1min": os.getloadavg()[0]}
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=2))
     return out

@@ -111,14 +111,15 @@ class HFTextGenerator(TextGenerator):
     Generation runs through the batched engine (:mod:`audit.subjects.generation`): left-padded
     batches of ``batch_size`` prompts with a KV cache, each sample seeded on its own.
     ``chat_template`` (true, false or "auto") wraps prompts in the tokenizer's chat template.
-    Sampling uses the model's ``generation_config`` top-k / top-p, else transformers'
-    defaults (top-k 50, top-p 1).
+    Sampling draws from the model's whole distribution at the probe's temperature; ``top_k`` /
+    ``top_p`` restrict it when given (the model's ``generation_config`` is not read).
     """
 
     per_sample_seeds = True
 
     def __init__(self, model: Any, tokenizer: Any, identity: SubjectIdentity, *, device: Any = None,
-                 chat_template: bool | str = False, batch_size: int = 32):
+                 chat_template: bool | str = False, batch_size: int = 32, top_k: int | None = None,
+                 top_p: float | None = None):
         import dataclasses
 
         import torch
@@ -143,9 +144,11 @@ class HFTextGenerator(TextGenerator):
         if note is not None and dataclasses.is_dataclass(identity):
             self.identity = dataclasses.replace(identity, details={**identity.details, "chat_template": note})
         self.batch_size = int(batch_size)
-        gen_cfg = getattr(model, "generation_config", None)
-        self.top_k = getattr(gen_cfg, "top_k", None) or 50
-        self.top_p = getattr(gen_cfg, "top_p", None) or 1.0
+        # The probes sample the model's whole distribution (no top-k, no top-p) unless asked: the
+        # model's generation_config is a deployment choice, not the model, and the per-prompt
+        # ``generate(top_k=None, top_p=None)`` calls the engine replaced sampled it whole too.
+        self.top_k = top_k
+        self.top_p = top_p
         self.eos_token_ids = eos_token_ids(model, tokenizer)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
