@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy import stats as _sps
+from scipy.special import ndtri  # the normal quantile, without importing all of scipy.stats
 
 from audit.findings import Delta, Finding, Interval, Units
 from audit.unitstats import STATISTICS, StatisticInfo, register_statistic, statistic_info
@@ -226,14 +226,14 @@ def normal_delta_interval(base: Finding, variant: Finding, *,
     as ``(high - low) / (2 z)`` of *its* confidence level, the two taken as independent."""
     if base.ci is None or variant.ci is None:
         return None, None
-    z = float(_sps.norm.ppf(1 - (1 - confidence) / 2))
+    z = float(ndtri(1 - (1 - confidence) / 2))
     ses = []
     for f in (base, variant):
         level = _level_of(f.ci.method) or confidence
         width = f.ci.high - f.ci.low
         if not math.isfinite(width) or width < 0:
             return None, None
-        ses.append(width / (2 * float(_sps.norm.ppf(1 - (1 - level) / 2))))
+        ses.append(width / (2 * float(ndtri(1 - (1 - level) / 2))))
     diff = variant.value - base.value
     half = z * math.hypot(*ses)
     if not math.isfinite(diff):

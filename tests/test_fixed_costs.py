@@ -25,9 +25,9 @@ def test_the_cli_module_imports_no_torch_transformers_or_numpy():
 
 
 def test_audit_stats_and_the_perplexity_probe_do_not_import_scipy_stats():
-    # audit.stats imports scipy.stats only inside the function that needs it (bootstrap_ci, SciPy's bootstrap):
+    # audit.stats (and audit.units, which the gates import) import scipy.stats only inside the function that needs it (bootstrap_ci, SciPy's bootstrap):
     # the perplexity probe's intervals and Wilson's interval do not.
-    code = ("import audit.stats, probes.quality.perplexity\n"
+    code = ("import audit.stats, audit.units, audit.gates, probes.quality.perplexity\n"
             "audit.stats.wilson_interval(3, 10)\n"
             "audit.stats.bootstrap_ratio_ci([1.0, 2.0, 3.0], [1, 1, 1], n_resamples=50)")
     assert _imported(code, ("scipy.stats",)) == {"scipy.stats": False}
