@@ -16,6 +16,9 @@ from typing import Any
 
 import click
 
+from audit.cli_common import console as _console
+from audit.cli_common import store_option as _store_option
+from audit.cli_store import store
 from audit.errors import EXIT_INVALID, EXIT_PROBE_CRASHED, AuditError
 
 __all__ = ["cli", "main"]
@@ -23,14 +26,6 @@ __all__ = ["cli", "main"]
 
 class _State:
     debug = False
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # Logs (CI, pipes) get 120 columns rather than rich's 80, so tables stay readable.
-    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 120)
 
 
 def _echo_err(msg: str) -> None:
@@ -72,14 +67,6 @@ def _check_store(store_url: str | None, no_store: bool) -> None:
 def _not_a_folder(path: Path | None, what: str) -> None:
     if path is not None and path.is_dir():
         raise AuditError(f"{what} {path}: is a folder; expected a file path")
-
-
-def _store_option(f):
-    return click.option(
-        "--store", "store_url", metavar="URL", envvar="GENAI_AUDIT_STORE",
-        help="SQLAlchemy URL or SQLite file of the audit store [env GENAI_AUDIT_STORE; "
-             "default: ~/.local/share/genai-audit/audits.db].",
-    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -387,51 +374,6 @@ def demo(out: Path, device: str | None, no_store: bool, only: tuple[str, ...], s
     sys.exit(max(codes, default=0))
 
 
-@cli.group()
-def store() -> None:
-    """The store of audit reports (SQLite by default, any SQLAlchemy URL)."""
-
-
-@store.command("list")
-@_store_option
-@click.option("--subject", default=None, help="Only audits of this model.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def store_list(store_url: str | None, subject: str | None, limit: int, as_json: bool) -> None:
-    """List the stored audits, newest first."""
-    from audit.store import ReportStore, default_store_url
-
-    url = store_url or default_store_url()
-    with ReportStore(url) as st:
-        rows = st.list_audits(subject=subject, limit=limit)
-    if as_json:
-        click.echo(json.dumps([_row_dict(r) for r in rows], indent=2, default=str))
-        return
-    from rich.table import Table
-
-    con = _console()
-    if not rows:
-        con.print(f"No audits in {url} yet. Run one with: genai-audit demo")
-        return
-    t = Table(title=f"Audits in {url}")
-    for col in ("created", "name", "subject", "status", "findings", "gates failed", "run id"):
-        t.add_column(col)
-    for r in rows:
-        d = _row_dict(r)
-        t.add_row(str(d.get("created_at", "")), str(d.get("name", "")), str(d.get("subject_name", "")),
-                  str(d.get("status", "")), str(d.get("n_findings", "")), str(d.get("n_gates_failed", "")),
-                  str(d.get("run_id", ""))[:12])
-    con.print(t)
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    import dataclasses
-
-    if dataclasses.is_dataclass(row):
-        return dataclasses.asdict(row)
-    return dict(row)
-
-
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of report.json."""
@@ -463,6 +405,7 @@ def _add_optional_commands() -> None:
 
 
 _add_optional_commands()
+cli.add_command(store)
 
 
 def _bounded(message: str, *, max_lines: int = 60, max_line: int = 1000) -> str:
