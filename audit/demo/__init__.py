@@ -36,6 +36,7 @@ DEMO_PARTS: tuple[str, ...] = (
     "audit.demo.fairness:minilm_association_spec",
     "audit.demo.privacy:smollm2_privacy_base_spec",
     "audit.demo.privacy:smollm2_privacy_lora_spec",
+    "audit.demo.variants:smollm2_variants_spec",
 )
 
 

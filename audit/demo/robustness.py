@@ -54,6 +54,9 @@ def digits_robustness_spec(workdir: Path) -> dict:
                 "class_names": [str(i) for i in range(10)],
             },
         },
+        # The same attacks on torch's dynamic int8 quantization of its Linear layers (the convolutions
+        # stay float32): does quantizing change robust accuracy? Paired over the same digits and starts.
+        "variants": [{"name": "int8", "quantization": "int8-dynamic"}],
         "data": {"images": str(data)},
         "probes": [
             {"id": "robustness.classifier",
