@@ -99,7 +99,7 @@ def _footprint(probes: list[dict]) -> list[dict]:
     from audit.probe import registry
 
     if "energy.footprint" in registry:
-        probes.append({"id": "energy.footprint", "params": {}})
+        probes.append({"id": "energy.footprint", "params": {"repeats": 2, "min_window_s": 0.1}})
     return probes
 
 
