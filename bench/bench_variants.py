@@ -163,7 +163,7 @@ def _me():
     return bench_variants
 
 
-def run_one(kind: str, n_variants: int, work: Path, size: dict[str, int]) -> dict[str, Any]:
+def run_one(kind: str, n_variants: int, work: Path, size: dict[str, int], device: str = "cpu") -> dict[str, Any]:
     """One audit with ``n_variants`` variants: wall time, the base's model work, real-set passes."""
     from audit.runner import run_audit
     from audit.spec import AuditSpec
@@ -174,7 +174,7 @@ def run_one(kind: str, n_variants: int, work: Path, size: dict[str, int]) -> dic
     before = seen["images"]
     t0 = time.perf_counter()
     result = run_audit(spec, out_dir=work / f"out-{kind}-{n_variants}", use_store=False, show_progress=False,
-                       cache_dir=work / "cache", device="cpu")
+                       cache_dir=work / "cache", device=device)
     wall = time.perf_counter() - t0
     report = result.report
     bad = [(v, pid, st.error) for v, sts in [(None, report.probes), *((r.name, r.probes) for r in report.variants)]
@@ -185,18 +185,22 @@ def run_one(kind: str, n_variants: int, work: Path, size: dict[str, int]) -> dic
         raise SystemExit(f"{kind} N={n_variants}: the report has {len(report.variants)} variant records; this "
                          f"checkout's runner does not run spec.variants")
     work_s = float(report.timings.get("load_subject_s", 0.0)) + sum(st.wall_s or 0.0 for st in report.probes.values())
-    out = {"wall_s": wall, "base_model_work_s": work_s, "n_variant_records": len(report.variants)}
+    variant_work = [float(report.timings.get(f"load_subject_s:{v.name}", 0.0))
+                    + sum(st.wall_s or 0.0 for st in v.probes.values()) for v in report.variants]
+    out = {"wall_s": wall, "base_model_work_s": work_s, "variant_model_work_s": sum(variant_work),
+           # Everything but the subjects' loads and probes: set-up, deltas, closing, reports.
+           "outside_models_s": wall - work_s - sum(variant_work), "n_variant_records": len(report.variants)}
     if kind == "image":
         out["real_set_passes"] = (seen["images"] - before - (n_variants + 1) * size["n_gen"]) / size["n_real"]
     return out
 
 
-def real_pass_s(work: Path, size: dict[str, int], repeats: int) -> float:
+def real_pass_s(work: Path, size: dict[str, int], repeats: int, device: str = "cpu") -> float:
     """One pass over the real set alone (read the folder, embed it): the image audit's ``R``."""
     from probes.quality.features import build_extractor
     from probes.quality.image_fidelity import reference_from_folder
 
-    fx = build_extractor("bench_variants:counting_features", {}, device="cpu")
+    fx = build_extractor("bench_variants:counting_features", {}, device=device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -205,16 +209,17 @@ def real_pass_s(work: Path, size: dict[str, int], repeats: int) -> float:
     return min(times)
 
 
-def bench(kind: str, counts: list[int], repeats: int, work: Path, size: dict[str, int]) -> dict[str, Any]:
+def bench(kind: str, counts: list[int], repeats: int, work: Path, size: dict[str, int],
+          device: str = "cpu") -> dict[str, Any]:
     """Every N of ``counts`` (0 first), ``repeats`` times, interleaved so drifting load hits all N alike."""
-    run_one(kind, 0, work, size)  # warm-up: imports, tokenizer training, first-call kernels
+    run_one(kind, 0, work, size, device)  # warm-up: imports, tokenizer training, first-call kernels
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
     for _ in range(repeats):
         for n in counts:
-            runs[n].append(run_one(kind, n, work, size))
+            runs[n].append(run_one(kind, n, work, size, device))
     t0 = [r["wall_s"] for r in runs[0]]
     w0 = statistics.median(r["base_model_work_s"] for r in runs[0])
-    shared = real_pass_s(work, size, repeats) if kind == "image" else 0.0
+    shared = real_pass_s(work, size, repeats, device) if kind == "image" else 0.0
     rows = []
     for n in counts:
         walls = [r["wall_s"] for r in runs[n]]
@@ -224,11 +229,20 @@ def bench(kind: str, counts: list[int], repeats: int, work: Path, size: dict[str
             per = [(tn - t) / n / w0 for tn, t in zip(walls, t0)]
             over = [tn / (t + n * (w0 - shared)) for tn, t in zip(walls, t0)]
             row |= {"per_variant_min": min(per), "per_variant_median": statistics.median(per),
-                    "overhead_min": min(over), "overhead_median": statistics.median(over)}
+                    "overhead_min": min(over), "overhead_median": statistics.median(over),
+                    # A variant's own loads and probes against the base's (1.0: they cost the same).
+                    "variant_work_ratio_median": statistics.median(r["variant_model_work_s"] / n / w0
+                                                                   for r in runs[n])}
+        row["outside_models_s_median"] = statistics.median(r["outside_models_s"] for r in runs[n])
         if kind == "image":
             row["real_set_passes"] = sorted({r["real_set_passes"] for r in runs[n]})
         rows.append(row)
+    import gc
+
+    t = time.perf_counter()
+    gc.collect()  # what closing each subject costs in a heap like the audits' (audit.variants_run)
     return {"kind": kind, "base_model_work_s": w0, "shared_real_pass_s": shared,
+            "gc_collect_s": time.perf_counter() - t,
             "ideal_per_variant": (w0 - shared) / w0, "rows": rows}
 
 
@@ -244,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--audits", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
     ap.add_argument("--quick", action="store_true", help="tiny sizes, N in 0 and 2, one repeat (a smoke run)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared CPU)")
     ap.add_argument("--json-out", type=Path, default=None, help="also write the result as JSON here")
     args = ap.parse_args(argv)
@@ -255,14 +270,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     counts = sorted({0, *args.variants})
-    result: dict[str, Any] = {"load_before": os.getloadavg(), "threads": args.threads, "sizes": size,
+    result: dict[str, Any] = {"load_before": os.getloadavg(), "threads": args.threads, "device": args.device,
+                              "sizes": size,
                               "repeats": args.repeats, "audits": {}}
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as tmp:
         for kind in args.audits:
             work = Path(tmp) / kind
             work.mkdir()
-            result["audits"][kind] = bench(kind, counts, args.repeats, work, size)
+            result["audits"][kind] = bench(kind, counts, args.repeats, work, size, args.device)
     result |= {"load_after": os.getloadavg(), "total_s": time.perf_counter() - t}
     _print(result)
     if args.json_out:
@@ -276,11 +292,14 @@ def _print(result: dict[str, Any]) -> None:
           f"{result['repeats']} repeats; {result['total_s']:.0f} s")
     for kind, a in result["audits"].items():
         print(f"{kind}: one audit's model work W0 = {a['base_model_work_s']:.2f} s, shared per audit "
-              f"R = {a['shared_real_pass_s']:.2f} s, ideal per-variant ratio (W0-R)/W0 = {a['ideal_per_variant']:.2f}")
+              f"R = {a['shared_real_pass_s']:.2f} s, ideal per-variant ratio (W0-R)/W0 = {a['ideal_per_variant']:.2f}; "
+              f"one gc.collect() {a['gc_collect_s']:.2f} s")
         for r in a["rows"]:
-            line = f"  N={r['variants']}: wall {r['wall_s_min']:.2f} s min / {r['wall_s_median']:.2f} s median"
+            line = (f"  N={r['variants']}: wall {r['wall_s_min']:.2f} s min / {r['wall_s_median']:.2f} s median, "
+                    f"outside the models {r['outside_models_s_median']:.2f} s")
             if r["variants"]:
                 line += (f"; per variant {r['per_variant_min']:.2f} min / {r['per_variant_median']:.2f} median"
+                         f" (its own work {r['variant_work_ratio_median']:.2f})"
                          f"; overhead {r['overhead_min']:.2f} / {r['overhead_median']:.2f}")
             if "real_set_passes" in r:
                 line += f"; real-set passes {r['real_set_passes']}"

@@ -12,6 +12,8 @@ minutes on one H100) and writes one JSON file with every ratio and value check:
 - generation against transformers one prompt at a time and batched (``bench_generation.py``,
   when present);
 - NVML energy against sampled power x time (``bench_energy.py``);
+- an audit with N = 0..3 variants against one audit, and the real set's features computed once
+  whatever N (``bench_variants.py``);
 - the ``@pytest.mark.gpu`` tests.
 
 A step that fails is recorded with its exit code and the end of its output; the others still
@@ -55,6 +57,7 @@ def steps(dry_run: bool, out: Path) -> list[tuple[str, list[str], int]]:
                                          "--layers", "2", "--small-window", "--tokens", "200", "--batch-size", "4",
                                          "--repeats", "1", "--threads", "1"], 300),
             ("energy", ["bench_energy.py", "--device", dev, "--seconds", "0.5", "--warmup", "0"], 120),
+            ("variants", ["bench_variants.py", "--device", dev, "--quick"], 180),
         ]
     else:
         plan = [
@@ -66,6 +69,7 @@ def steps(dry_run: bool, out: Path) -> list[tuple[str, list[str], int]]:
             ("perplexity_small_window", ["bench_perplexity.py", "--device", dev, "--random-weights",
                                          "--small-window", "--tokens", "32768", "--batch-size", "64"], 60),
             ("energy", ["bench_energy.py", "--device", dev, "--seconds", "20"], 60),
+            ("variants", ["bench_variants.py", "--device", dev], 180),
         ]
     if (REPO / "bench" / "bench_generation.py").exists():
         gen = (["--device", dev, "--random-weights", "--layers", "2", "--n", "4", "--tokens", "4", "--repeats", "1",
@@ -138,6 +142,12 @@ def summary(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if r.get("generation"):
         out |= {f"generation {k}": v for k, v in (r["generation"].get("ratios") or {}).items()}
         out["generation outputs equal"] = r["generation"].get("outputs_equal")
+    if r.get("variants"):
+        audits = r["variants"].get("audits") or {}
+        out["variants per-variant cost / one audit (median, largest N)"] = {
+            k: a["rows"][-1].get("per_variant_median") for k, a in audits.items()}
+        out["variants real-set passes"] = sorted({p for r_ in (audits.get("image") or {}).get("rows", [])
+                                                  for p in r_.get("real_set_passes", [])})
     if r.get("energy"):
         check = r["energy"].get("counter_vs_sampled") or {}
         out["energy nvml vs sampled power"] = ({k: check.get(k) for k in ("relative_difference", "within_10_percent")}

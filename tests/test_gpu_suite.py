@@ -22,13 +22,15 @@ def test_the_gpu_suite_dry_run_runs_every_step_on_the_cpu(tmp_path):
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert report["failed_steps"] == [], {k: v.get("output_tail") for k, v in report["steps"].items()}
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert {"attacks", "fid", "perplexity", "perplexity_small_window", "energy", "generation"} <= set(report["steps"])
+    assert {"attacks", "fid", "perplexity", "perplexity_small_window", "energy", "generation",
+            "variants"} <= set(report["steps"])
     summary = report["summary"]
     assert summary["fid equal"] is True and summary["perplexity equal"] is True
     assert summary["perplexity_small_window equal"] is True
     assert summary["generation outputs equal"] is True
     assert summary["pgd ours/bare"] > 0 and summary["pgd ours/bare min"] > 0
     assert summary["pgd values equal"] is True  # no random start: every contender computes the same attack
+    assert summary["variants real-set passes"] == [1.0]
     # The GPU tests were collected and skipped here (no CUDA), not silently absent.
     assert report["gpu_tests"]["counts"]["tests"] >= 1
     assert report["gpu_tests"]["counts"]["skipped"] == report["gpu_tests"]["counts"]["tests"]
