@@ -23,6 +23,14 @@ The audits:
   (printed as ``real_set_passes``; 1 is right). ``R`` is the time of one pass over the real
   set (read + features), timed alone in the same process.
 
+Beside them, per N: each variant's own work (its load and probes, from the report's timings)
+over ``W_0`` (1.0: a variant costs what the base does), and the time outside the models (set-up,
+deltas, closing the subjects, the reports). Measured here on 2026-12-06 (load 1.4-1.7):
+``per_variant`` 1.03-1.04 (text) and 0.60 (image, ideal 0.62), ``overhead`` 1.01-1.03 and
+0.98-0.99, one pass over the real set for every N. Before closing a subject skipped the full
+garbage collection when nothing needed it, each variant cost 0.2-0.4 s more (``gc.collect()``
+in a process with torch imported, printed as ``one gc.collect()``): ratios 1.2-1.4.
+
 ``energy.footprint`` (which the runner adds to an audit with variants) is listed in every
 spec, N = 0 included, so that every N runs the same probes. Timings are wall-clock on a
 shared machine: read them with the load average printed beside them.
