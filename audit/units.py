@@ -302,13 +302,27 @@ def _resampled(bu: Units | None, vu: Units | None, point: Delta, warnings: list[
             warnings.append("delta: unit ids repeat within a finding, so they cannot pair; the interval is unpaired")
         elif bu.statistic == vu.statistic and statistic_info(bu.statistic).pairable:
             ci, ci_rel, n_pairs = paired_delta_interval(bu, vu, **kw)
-            warnings += _id_warnings(bu, vu, n_pairs)
+            id_warnings = _id_warnings(bu, vu, n_pairs)
+            warnings += id_warnings
             if ci is not None:
-                return replace(point, ci=ci, ci_relative=ci_rel, paired=True, n_pairs=n_pairs)
+                # Units only one side saw: the paired delta (and its interval) is over the shared ones.
+                at = _shared_point(bu, vu) if id_warnings else point
+                return replace(at, ci=ci, ci_relative=ci_rel, paired=True, n_pairs=n_pairs)
         ci, ci_rel = unpaired_delta_interval(bu, vu, **kw)
         if ci is not None:
             return replace(point, ci=ci, ci_relative=ci_rel)
     return None
+
+
+def _shared_point(base: Units, variant: Units) -> Delta:
+    """The point delta over the units both sides saw (what a paired interval is centred on)."""
+    b, v = _Side.of(base), _Side.of(variant)
+    where = {u: i for i, u in enumerate(v.ids)}
+    pairs = [(i, where[u]) for i, u in enumerate(b.ids) if u in where]
+    ones = np.ones((1, len(pairs)))
+    bv = float(b.subset(np.array([i for i, _ in pairs])).evaluate(ones)[0])
+    vv = float(v.subset(np.array([j for _, j in pairs])).evaluate(ones)[0])
+    return point_delta(Finding("", "", bv, False), Finding("", "", vv, False))
 
 
 def _checked_units(f: Finding, who: str, warnings: list[str]) -> Units | None:
@@ -331,8 +345,8 @@ def _id_warnings(base: Units, variant: Units, n_pairs: int) -> list[str]:
     b, v = set(base.ids), set(variant.ids)
     if b == v:
         return []
-    return [f"delta: the base and the variant saw different units; paired over the {n_pairs} both saw "
-            f"({len(b - v)} only in the base, {len(v - b)} only in the variant)"]
+    return [f"delta: the base and the variant saw different units; the delta and its interval are over the "
+            f"{n_pairs} both saw ({len(b - v)} only in the base, {len(v - b)} only in the variant)"]
 
 
 def attach_deltas(findings: Sequence[Finding], *, n_resamples: int = DEFAULT_N_RESAMPLES,

@@ -198,11 +198,14 @@ def test_mismatched_ids_pair_over_the_intersection_and_warn() -> None:
     out = attach_deltas([_finding(bu), _finding(vu, variant="v")])
     d = out[1].delta
     assert d.paired and d.n_pairs == 24
-    assert any("paired over the 24 both saw (6 only in the base, 2 only in the variant)" in w
+    assert any("are over the 24 both saw (6 only in the base, 2 only in the variant)" in w
                for w in out[1].warnings)
     # The interval is the paired bootstrap on the shared units (shifted by exactly 0.3).
     assert d.ci.low == pytest.approx(0.3) and d.ci.high == pytest.approx(0.3)
-    assert d.value == pytest.approx(out[1].value - out[0].value)  # the point delta stays the findings'
+    # ...and so is the point delta, so that the interval holds it (the findings' own difference
+    # would count the units only one side saw).
+    assert d.value == pytest.approx(0.3) and d.value != pytest.approx(out[1].value - out[0].value)
+    assert d.base_value == pytest.approx(float(np.mean([x[i] for i in keep])))
 
 
 def test_unpaired_fallbacks() -> None:
