@@ -258,9 +258,13 @@ def _level_of(method: str) -> float | None:
 
 def point_delta(base: Finding, variant: Finding) -> Delta:
     """``variant - base`` and its relative size, without an interval."""
-    diff = variant.value - base.value
-    rel = diff / abs(base.value) if math.isfinite(base.value) and base.value != 0 else None
-    return Delta(base_value=base.value, value=diff, relative=rel)
+    return _point(base.value, variant.value)
+
+
+def _point(base: float, variant: float) -> Delta:
+    diff = variant - base
+    rel = diff / abs(base) if math.isfinite(base) and base != 0 else None
+    return Delta(base_value=base, value=diff, relative=rel)
 
 
 def delta_of(base: Finding, variant: Finding, *, n_resamples: int = DEFAULT_N_RESAMPLES,
@@ -322,7 +326,7 @@ def _shared_point(base: Units, variant: Units) -> Delta:
     ones = np.ones((1, len(pairs)))
     bv = float(b.subset(np.array([i for i, _ in pairs])).evaluate(ones)[0])
     vv = float(v.subset(np.array([j for _, j in pairs])).evaluate(ones)[0])
-    return point_delta(Finding("", "", bv, False), Finding("", "", vv, False))
+    return _point(bv, vv)
 
 
 def _checked_units(f: Finding, who: str, warnings: list[str]) -> Units | None:
